@@ -1,0 +1,65 @@
+// Group statistics and SGPO partial credit (DESIGN.md sections 1 and 3).
+#pragma once
+#include "macros.h"
+
+namespace sgpo {
+
+enum class Scope : int { AllNegative = 0, AllIncorrect = 1, Off = 2 };
+enum class Credit : int { Sigmoid = 0, Linear = 1 };
+enum class Scale : int { Group = 0, Batch = 1, None = 2 };
+
+template <typename T>
+struct CreditParams {
+  Scope scope;
+  Credit credit;
+  T beta;          // sigmoid slope
+  T gamma;         // sigmoid midpoint
+  T credit_scale;  // linear slope
+};
+
+// Partial credit of an incorrect response from its reasoning trajectory score.
+template <typename T>
+SGPO_HD T rts_credit(T rts, const CreditParams<T>& p) {
+  if (p.credit == Credit::Linear) return p.credit_scale * rts;
+  return T(1) / (T(1) + exp_(-p.beta * (rts - p.gamma)));
+}
+
+// Whether response i gets partial credit instead of its outcome reward.
+// `rts` is NaN where the judge did not score the response.
+template <typename T>
+SGPO_HD bool is_credited(bool correct, T rts, bool group_all_negative, Scope scope) {
+  if (correct || !(rts == rts)) return false;  // rts == rts is false for NaN
+  switch (scope) {
+    case Scope::AllNegative: return group_all_negative;
+    case Scope::AllIncorrect: return true;
+    default: return false;
+  }
+}
+
+template <typename T>
+struct Moments {
+  T mean;
+  T std;  // unbiased (n - 1); 0 for n == 1
+};
+
+// Shifted two-pass moments of load(0..n). Shifting by the first element makes
+// equal values give mean == value and std == 0 *exactly*, so a group of equal
+// rewards yields advantages of exactly 0 (never 1e-17 / eps noise, never NaN).
+template <typename T, typename Load>
+SGPO_HD Moments<T> group_moments(const Load& load, int64_t n) {
+  const T shift = load(0);
+  T sum = T(0);
+  for (int64_t i = 0; i < n; ++i) sum += load(i) - shift;
+  const T dmean = sum / T(n);
+  T ss = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T d = load(i) - shift - dmean;
+    ss += d * d;
+  }
+  Moments<T> m;
+  m.mean = shift + dmean;
+  m.std = n > 1 ? sqrt_(ss / T(n - 1)) : T(0);
+  return m;
+}
+
+}  // namespace sgpo

@@ -1,0 +1,155 @@
+// CPU `sample`: rows in parallel; per row one vectorized sweep for the
+// weights e = exp(x - max x), then the filters of common/sampling.h by
+// selection (nth_element for top-k, a mass-quickselect for top-p: expected
+// O(V), no sort of the vocabulary), then one inverse-CDF sweep.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "../common/sampling.h"
+#include "../ops.h"
+#include "simd.h"
+
+namespace sgpo::cpu {
+namespace {
+
+// e[v] = exp(z[v] * inv_temp - m) with m = max(z) * inv_temp; returns m.
+template <typename scalar_t>
+SGPO_CPU_CLONES float row_weights(const scalar_t* z, int64_t V, float inv_temp, float* e) {
+  const int64_t Vv = V - V % kLanes;
+  v8f vmax = splat(-INFINITY);
+  for (int64_t j = 0; j < Vv; j += kLanes) {
+    const v8f x = load8(z + j);
+    vmax = x > vmax ? x : vmax;
+  }
+  float zmax = hmax(vmax);
+  for (int64_t j = Vv; j < V; ++j) zmax = std::max(zmax, float(z[j]));
+  const float m = zmax * inv_temp;
+  for (int64_t j = 0; j < Vv; j += kLanes) store8(e + j, vexp(load8(z + j) * inv_temp - m));
+  for (int64_t j = Vv; j < V; ++j) e[j] = std::exp(float(z[j]) * inv_temp - m);
+  return m;
+}
+double row_weights(const double* z, int64_t V, double inv_temp, double* e) {
+  double zmax = -INFINITY;
+  for (int64_t j = 0; j < V; ++j) zmax = std::max(zmax, z[j]);
+  const double m = zmax * inv_temp;
+  for (int64_t j = 0; j < V; ++j) e[j] = std::exp(z[j] * inv_temp - m);
+  return m;
+}
+
+template <typename T>
+double sum(const T* b, const T* e) {
+  double s = 0;
+  for (; b != e; ++b) s += *b;
+  return s;
+}
+
+// The smallest value of the shortest descending prefix of v[0..n) whose sum
+// reaches `target` (n > 0). Partitions v in place: a quickselect that keeps
+// the mass of everything already known to rank above the current range.
+template <typename T>
+T mass_threshold(T* v, int64_t n, double target) {
+  T* lo = v;
+  T* hi = v + n;
+  T smallest = *std::min_element(v, v + n);
+  double above = 0;
+  while (hi - lo > 32) {
+    T a = lo[0], b = lo[(hi - lo) / 2], c = hi[-1];
+    const T pivot = std::max(std::min(a, b), std::min(std::max(a, b), c));  // median of three
+    T* gt_end = std::partition(lo, hi, [&](T x) { return x > pivot; });
+    T* eq_end = std::partition(gt_end, hi, [&](T x) { return x == pivot; });
+    const double m_gt = sum(lo, gt_end);
+    if (above + m_gt >= target) {
+      hi = gt_end;
+      continue;
+    }
+    above += m_gt + double(pivot) * double(eq_end - gt_end);
+    if (above >= target) return pivot;
+    lo = eq_end;
+  }
+  std::sort(lo, hi, [](T x, T y) { return x > y; });
+  for (T* p = lo; p != hi; ++p) {
+    above += *p;
+    if (above >= target) return *p;
+  }
+  return smallest;  // rounding: the whole set is needed
+}
+
+template <typename scalar_t>
+void sample_typed(const at::Tensor& logits, const double* temperature, const int64_t* top_k, const double* top_p,
+                  const double* min_p, const double* uniform, int64_t* tokens, acc_t<scalar_t>* logprobs) {
+  using acc = acc_t<scalar_t>;
+  const int64_t B = logits.size(0), V = logits.size(1);
+  const scalar_t* base = logits.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc> e(V), work;
+    for (int64_t b = begin; b < end; ++b) {
+      const scalar_t* z = base + b * V;
+      const SampleParams<acc> p{acc(temperature[b]), top_k[b], acc(top_p[b]), acc(min_p[b])};
+      if (p.temperature == acc(0)) {  // greedy; log-prob at temperature 1
+        const int64_t tok = std::max_element(z, z + V, [](scalar_t x, scalar_t y) { return acc(x) < acc(y); }) - z;
+        const acc m = row_weights(z, V, acc(1), e.data());
+        tokens[b] = tok;
+        logprobs[b] = acc(z[tok]) - m - std::log(acc(sum(e.data(), e.data() + V)));
+        continue;
+      }
+      const acc inv_temp = acc(1) / p.temperature;
+      const acc m = row_weights(z, V, inv_temp, e.data());
+      const double total = sum(e.data(), e.data() + V);
+      acc cut = acc(0);
+      if (top_k_active(p, V)) {
+        work.assign(e.begin(), e.end());
+        std::nth_element(work.begin(), work.begin() + (p.top_k - 1), work.end(), std::greater<acc>());
+        cut = work[p.top_k - 1];
+      }
+      if (top_p_active(p)) {
+        work.clear();
+        for (acc x : e)
+          if (x >= cut) work.push_back(x);
+        const double mass = sum(work.data(), work.data() + work.size());
+        cut = max_(cut, mass_threshold(work.data(), int64_t(work.size()), double(p.top_p) * mass));
+      }
+      cut = max_(cut, min_p_cut(p));
+      double kept = 0;
+      for (acc x : e)
+        if (x >= cut) kept += x;
+      const double goal = uniform[b] * kept;
+      int64_t tok = -1;
+      double run = 0;
+      for (int64_t v = 0; v < V; ++v) {
+        if (e[v] < cut) continue;
+        run += e[v];
+        tok = v;  // also the last kept token, should rounding run past the end
+        if (run > goal) break;
+      }
+      tokens[b] = tok;
+      logprobs[b] = acc(z[tok]) * inv_temp - m - acc(std::log(total));
+    }
+  });
+}
+
+}  // namespace
+}  // namespace sgpo::cpu
+
+namespace sgpo {
+
+std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at::Tensor& temperature,
+                                              const at::Tensor& top_k, const at::Tensor& top_p,
+                                              const at::Tensor& min_p, const at::Tensor& uniform) {
+  const int64_t B = logits.size(0);
+  const auto out_dtype = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor tokens = at::empty({B}, logits.options().dtype(at::kLong));
+  at::Tensor logprobs = at::empty({B}, logits.options().dtype(out_dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "sgpo_sample", [&] {
+    cpu::sample_typed<scalar_t>(logits, temperature.data_ptr<double>(), top_k.data_ptr<int64_t>(),
+                                top_p.data_ptr<double>(), min_p.data_ptr<double>(), uniform.data_ptr<double>(),
+                                tokens.data_ptr<int64_t>(), logprobs.data_ptr<acc_t<scalar_t>>());
+  });
+  return {tokens, logprobs};
+}
+
+}  // namespace sgpo

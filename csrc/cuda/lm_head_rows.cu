@@ -1,0 +1,305 @@
+// CUDA LM-head backend (lm_head.h): the row kernel the chunk driver calls on
+// each [n, V] logits chunk, and the per-token surrogate derivative.
+//
+// One block per row. Pass 1 folds the row into an OnlineLSE state per thread
+// and merges the states across the block; pass 2 (every mode but Stats)
+// overwrites the row in place with d loss / d logits. Both passes use 16-byte
+// vector accesses on the aligned middle of the row, so any V and any row
+// alignment work. No host synchronization: everything is launched on the
+// current stream.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "../common/lse.h"
+#include "../common/policy_loss.h"
+#include "../ops.h"
+
+namespace sgpo {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kMaxThreads = 512;  // <= 128 registers per thread at full occupancy
+constexpr unsigned kFullMask = 0xffffffffu;
+
+template <typename T>
+ClipParams<T> cast_clip(const ClipParams<double>& c) {
+  return ClipParams<T>{static_cast<T>(c.eps_low), static_cast<T>(c.eps_high), static_cast<T>(c.delta),
+                       c.has_delta};
+}
+
+// RowArgs as raw device pointers; nullptr = not given.
+template <typename acc_t>
+struct RowParams {
+  RowMode mode;
+  int64_t vocab;
+  int64_t row_stride;      // elements between logits rows
+  const int64_t* targets;  // [n]
+  acc_t inv_temp;
+  acc_t* logp_out;         // [n]?
+  acc_t* entropy_out;      // [n]?
+  const acc_t* coef;       // [n], GivenCoef
+  const acc_t* weight;     // [n], PolicyLoss
+  const acc_t* adv;        // [n], PolicyLoss
+  const acc_t* mask;       // [n], PolicyLoss
+  const acc_t* old_logp;   // [n]?
+  const acc_t* ref_logp;   // [n]?
+  const acc_t* seq_ratio;  // [n]?
+  const acc_t* seq_grad;   // [n]?
+  ClipParams<acc_t> clip;
+  acc_t beta;
+  acc_t* token_stats;      // [n, 4], PolicyLoss
+};
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Visits the elements of one row, f(v, x) with x a reference to element v:
+// a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar
+// tail. With kWrite, what f leaves in x is stored back. Tensor data is always
+// aligned to its element size, so the head is a whole number of elements.
+template <bool kWrite, typename scalar_t, typename F>
+__device__ __forceinline__ void for_row(scalar_t* row, int64_t vocab, F&& f) {
+  constexpr int N = 16 / sizeof(scalar_t);
+  using P = Pack<scalar_t, N>;
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16) / sizeof(scalar_t);
+  const int64_t head = misalign == 0 ? 0 : (N - misalign < vocab ? N - misalign : vocab);
+  const int64_t packs = (vocab - head) / N;
+  const int64_t tail = head + packs * N;
+
+  for (int64_t v = threadIdx.x; v < head; v += blockDim.x) {
+    scalar_t x = row[v];
+    f(v, x);
+    if (kWrite) row[v] = x;
+  }
+  P* body = reinterpret_cast<P*>(row + head);
+  for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+    P p = body[j];
+#pragma unroll
+    for (int k = 0; k < N; ++k) f(head + j * N + k, p.v[k]);
+    if (kWrite) body[j] = p;
+  }
+  for (int64_t v = tail + threadIdx.x; v < vocab; v += blockDim.x) {
+    scalar_t x = row[v];
+    f(v, x);
+    if (kWrite) row[v] = x;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ OnlineLSE<T> shfl_xor(const OnlineLSE<T>& a, int lane_mask) {
+  OnlineLSE<T> o;
+  o.m = __shfl_xor_sync(kFullMask, a.m, lane_mask);
+  o.s = __shfl_xor_sync(kFullMask, a.s, lane_mask);
+  o.sx = __shfl_xor_sync(kFullMask, a.sx, lane_mask);
+  return o;
+}
+
+// Block all-reduce of the threads' states. Every thread merges the per-warp
+// results from shared memory in the same order, so all threads return the
+// bitwise same state (their control flow and outputs agree). Uses static
+// shared memory without a trailing barrier: call it once per block.
+// blockDim.x must be a multiple of 32.
+template <typename T>
+__device__ OnlineLSE<T> block_merge(OnlineLSE<T> st) {
+  // Separate arrays: OnlineLSE has default member initializers, which
+  // __shared__ variables cannot run.
+  __shared__ T warp_m[kMaxThreads / kWarp], warp_s[kMaxThreads / kWarp], warp_sx[kMaxThreads / kWarp];
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) st.merge(shfl_xor(st, o));
+  const int warp = threadIdx.x / kWarp;
+  if (threadIdx.x % kWarp == 0) {
+    warp_m[warp] = st.m;
+    warp_s[warp] = st.s;
+    warp_sx[warp] = st.sx;
+  }
+  __syncthreads();
+  OnlineLSE<T> all;
+  for (int w = 0; w < static_cast<int>(blockDim.x / kWarp); ++w) {
+    OnlineLSE<T> o;
+    o.m = warp_m[w];
+    o.s = warp_s[w];
+    o.sx = warp_sx[w];
+    all.merge(o);
+  }
+  return all;
+}
+
+// grid = n rows, block = a multiple of 32 threads <= kMaxThreads.
+// logits [n, V] (row_stride apart): read; overwritten with d loss / d logits
+// unless mode is Stats.
+template <typename scalar_t, typename acc_t>
+__global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, const RowParams<acc_t> p) {
+  const int64_t i = blockIdx.x;
+  scalar_t* row = logits + i * p.row_stride;
+  const int64_t target = p.targets[i];
+  CUDA_KERNEL_ASSERT(target >= 0 && target < p.vocab);
+
+  OnlineLSE<acc_t> st;
+  for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc_t>(x) * p.inv_temp); });
+  // Read before block_merge's barrier: no thread has started overwriting the row yet.
+  const acc_t x_target = static_cast<acc_t>(row[target]) * p.inv_temp;
+  st = block_merge(st);
+
+  const acc_t lse = st.lse();
+  const acc_t logp = x_target - lse;
+  const bool writer = threadIdx.x == 0;
+  if (writer && p.logp_out) p.logp_out[i] = logp;
+  if (writer && p.entropy_out) p.entropy_out[i] = st.entropy();
+  if (p.mode == RowMode::Stats) return;
+
+  // d loss / d logp of this row; every thread computes it (uniform, a few flops).
+  acc_t coef;
+  if (p.mode == RowMode::GivenCoef) {
+    coef = p.coef[i];
+  } else {
+    const acc_t old = p.old_logp ? p.old_logp[i] : logp;  // on-policy: old = logp.detach()
+    const acc_t ratio = p.seq_ratio ? p.seq_ratio[i] : exp_(logp - old);
+    const acc_t dratio_dlogp = p.seq_ratio ? acc_t(0) : ratio;
+    const bool has_ref = p.ref_logp != nullptr;
+    const TokenTerms<acc_t> t = policy_token_terms(logp, ratio, dratio_dlogp, p.adv[i], p.weight[i], has_ref,
+                                                   has_ref ? p.ref_logp[i] : acc_t(0), p.beta, p.clip);
+    coef = t.dloss_dlogp + (p.seq_grad ? p.seq_grad[i] : acc_t(0));
+    if (writer) {
+      acc_t* stats = p.token_stats + 4 * i;
+      stats[0] = t.loss;
+      stats[1] = t.kl;
+      stats[2] = t.clip_low ? p.mask[i] : acc_t(0);
+      stats[3] = t.clip_high ? p.mask[i] : acc_t(0);
+    }
+  }
+
+  // d logp / d logits_v = inv_temp * (onehot(target)_v - softmax_v).
+  const acc_t scale = coef * p.inv_temp;
+  for_row<true>(row, p.vocab, [&](int64_t v, scalar_t& x) {
+    const acc_t prob = exp_(static_cast<acc_t>(x) * p.inv_temp - lse);
+    x = static_cast<scalar_t>(scale * ((v == target ? acc_t(1) : acc_t(0)) - prob));
+  });
+}
+
+// Enough threads for about four 16-byte packs each, in whole warps.
+int row_threads(int64_t vocab, int64_t pack) {
+  const int64_t want = (vocab + 4 * pack - 1) / (4 * pack);
+  const int64_t warps = (want + kWarp - 1) / kWarp;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 1) * kWarp, kMaxThreads));
+}
+
+// Checked data pointer of an optional per-row tensor: nullptr when undefined;
+// otherwise it must be [n] (cols == 0) or [n, cols], contiguous, of type T,
+// on the device of `like`.
+template <typename T>
+T* row_ptr(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& like, int64_t cols = 0) {
+  if (!t.defined()) return nullptr;
+  const bool shape_ok = cols == 0 ? t.dim() == 1 && t.size(0) == n : t.dim() == 2 && t.size(0) == n && t.size(1) == cols;
+  TORCH_CHECK(shape_ok, "lm_head rows: ", name, ": expected shape [", n, cols == 0 ? "" : ", ",
+              cols == 0 ? std::string() : std::to_string(cols), "], got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "lm_head rows: ", name, ": expected a contiguous tensor");
+  TORCH_CHECK(t.scalar_type() == c10::CppTypeToScalarType<T>::value, "lm_head rows: ", name, ": expected ",
+              c10::CppTypeToScalarType<T>::value, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), "lm_head rows: ", name, ": expected device ", like.device(), ", got ",
+              t.device());
+  return t.data_ptr<T>();
+}
+
+template <typename T>
+T* required_row_ptr(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& like, int64_t cols = 0) {
+  TORCH_CHECK(t.defined(), "lm_head rows: ", name, " is required in this mode");
+  return row_ptr<T>(t, name, n, like, cols);
+}
+
+// RowArgs (lm_head.h): logits [n, V] with unit column stride; per-row tensors
+// [n] of the accumulation dtype; token_stats [n, 4].
+void rows_cuda(const RowArgs& a) {
+  const at::Tensor& logits = a.logits;
+  TORCH_CHECK(logits.is_cuda() && logits.dim() == 2, "lm_head rows: logits: expected a 2-D CUDA tensor, got ",
+              logits.sizes(), " on ", logits.device());
+  TORCH_CHECK(logits.stride(1) == 1, "lm_head rows: logits: expected unit stride along the vocabulary");
+  const int64_t n = logits.size(0), vocab = logits.size(1);
+  TORCH_CHECK(vocab > 0, "lm_head rows: logits: expected V > 0");
+  if (n == 0) return;
+  TORCH_CHECK(n <= std::numeric_limits<int32_t>::max(), "lm_head rows: logits: too many rows for one grid: ", n);
+  const c10::cuda::CUDAGuard guard(logits.device());
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "sgpo_lm_head_rows", [&] {
+    using acc = acc_t<scalar_t>;
+    RowParams<acc> p{};
+    p.mode = a.mode;
+    p.vocab = vocab;
+    p.row_stride = logits.stride(0);
+    p.targets = required_row_ptr<int64_t>(a.targets, "targets", n, logits);
+    p.inv_temp = static_cast<acc>(a.inv_temp);
+    p.logp_out = row_ptr<acc>(a.logp_out, "logp_out", n, logits);
+    p.entropy_out = row_ptr<acc>(a.entropy_out, "entropy_out", n, logits);
+    if (a.mode == RowMode::GivenCoef) p.coef = required_row_ptr<acc>(a.coef, "coef", n, logits);
+    if (a.mode == RowMode::PolicyLoss) {
+      p.weight = required_row_ptr<acc>(a.weight, "weight", n, logits);
+      p.adv = required_row_ptr<acc>(a.adv, "adv", n, logits);
+      p.mask = required_row_ptr<acc>(a.mask, "mask", n, logits);
+      p.old_logp = row_ptr<acc>(a.old_logp, "old_logp", n, logits);
+      p.ref_logp = row_ptr<acc>(a.ref_logp, "ref_logp", n, logits);
+      p.seq_ratio = row_ptr<acc>(a.seq_ratio, "seq_ratio", n, logits);
+      p.seq_grad = row_ptr<acc>(a.seq_grad, "seq_grad", n, logits);
+      p.token_stats = required_row_ptr<acc>(a.token_stats, "token_stats", n, logits, 4);
+      p.clip = cast_clip<acc>(a.clip);
+      p.beta = static_cast<acc>(a.beta);
+    }
+    const int threads = row_threads(vocab, 16 / sizeof(scalar_t));
+    rows_kernel<scalar_t, acc><<<static_cast<unsigned>(n), threads, 0, at::cuda::getCurrentCUDAStream()>>>(logits.data_ptr<scalar_t>(),
+                                                                                   p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// ratio, adv, weight, out: [n]
+template <typename T>
+__global__ void surrogate_dratio_kernel(const T* ratio, const T* adv, const T* weight, const ClipParams<T> clip,
+                                        T* out, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    out[i] = weight[i] * clipped_surrogate(ratio[i], adv[i], clip).dloss_dratio;
+  }
+}
+
+// ratio, adv, weight: [n] of one float dtype -> [n] weight * d(-min(l1, l2)) / d ratio.
+at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
+                                 const ClipParams<double>& clip) {
+  TORCH_CHECK(ratio.is_cuda(), "surrogate_dratio: ratio: expected a CUDA tensor");
+  for (const auto& [t, name] : {std::pair{&adv, "adv"}, std::pair{&weight, "weight"}}) {
+    TORCH_CHECK(t->sizes() == ratio.sizes(), "surrogate_dratio: ", name, ": expected shape ", ratio.sizes(),
+                ", got ", t->sizes());
+    TORCH_CHECK(t->scalar_type() == ratio.scalar_type(), "surrogate_dratio: ", name, ": expected ",
+                ratio.scalar_type(), ", got ", t->scalar_type());
+    TORCH_CHECK(t->device() == ratio.device(), "surrogate_dratio: ", name, ": expected device ", ratio.device());
+  }
+  const at::Tensor r = ratio.contiguous(), a = adv.contiguous(), w = weight.contiguous();
+  at::Tensor out = at::empty_like(r);
+  const int64_t n = r.numel();
+  if (n == 0) return out;
+  const c10::cuda::CUDAGuard guard(ratio.device());
+  constexpr int threads = 256;
+  const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 4096);
+  AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "sgpo_surrogate_dratio", [&] {
+    surrogate_dratio_kernel<scalar_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        r.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), cast_clip<scalar_t>(clip),
+        out.data_ptr<scalar_t>(), n);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return out;
+}
+
+}  // namespace
+
+const LMHeadBackend kCudaLMHead{&rows_cuda, &surrogate_dratio_cuda};
+
+}  // namespace sgpo

@@ -1,0 +1,52 @@
+// Backend entry points of the ops registered in registration.cpp.
+// Argument shapes are documented here, at the C++ boundary; the Python face
+// (sgpo_engine/ops.py) checks them and documents the public API.
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+#include <string>
+#include <tuple>
+
+#include "common/group_stats.h"
+#include "lm_head.h"
+
+namespace sgpo {
+
+// ---- group_advantages -----------------------------------------------------
+// rewards [N] float; groups are contiguous: group_size > 0 (N % group_size
+// == 0) or offsets [P+1] int64 (0 = o_0 < o_1 < ... < o_P = N);
+// correct [N] bool?; rts [N] float? (NaN = not judged).
+// Returns (advantages [N], used_rewards [N], group_mean [P], group_std [P],
+// all_negative [P] bool); float outputs are fp64 for fp64 rewards, else fp32.
+struct GroupAdvArgs {
+  at::Tensor rewards;
+  int64_t group_size;          // > 0, or 0 when offsets are given
+  at::Tensor offsets;          // [P+1] int64 or undefined
+  at::Tensor correct;          // [N] bool or undefined
+  at::Tensor rts;              // [N] float or undefined
+  CreditParams<double> credit;
+  Scale scale;
+  double eps;
+  int64_t num_groups;
+};
+using GroupAdvOut = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+GroupAdvOut group_advantages_cpu(const GroupAdvArgs& a);
+GroupAdvOut group_advantages_cuda(const GroupAdvArgs& a);
+
+// ---- sample ---------------------------------------------------------------
+// logits [B, V] float; temperature, top_p, min_p, uniform: [B] fp64;
+// top_k: [B] int64. Returns (tokens [B] int64, logprobs [B] fp32, fp64 for
+// fp64 logits). See common/sampling.h for the exact filter semantics.
+std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at::Tensor& temperature,
+                                              const at::Tensor& top_k, const at::Tensor& top_p,
+                                              const at::Tensor& min_p, const at::Tensor& uniform);
+std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits, const at::Tensor& temperature,
+                                               const at::Tensor& top_k, const at::Tensor& top_p,
+                                               const at::Tensor& min_p, const at::Tensor& uniform);
+
+// ---- LM-head backends (lm_head.h) -------------------------------------------
+extern const LMHeadBackend kCpuLMHead;
+extern const LMHeadBackend kCudaLMHead;
+
+}  // namespace sgpo
