@@ -95,6 +95,51 @@ inline std::tuple<at::Tensor, at::Tensor> sample_entry(
               min_p.contiguous(), uniform.contiguous());
 }
 
+inline at::Tensor decode_attention_entry(at::Tensor (*impl)(const DecodeAttnArgs&), const DecodeAttnArgs& a) {
+  TORCH_CHECK(a.q.dim() == 3, "q: expected [S, Hq, D], got ", a.q.sizes());
+  const int64_t S = a.q.size(0), Hq = a.q.size(1), D = a.q.size(2);
+  TORCH_CHECK(a.prefix_k.dim() == 4 && a.prefix_k.size(3) == D, "prefix_k: expected [P, Hkv, Lp, D = ", D,
+              "], got ", a.prefix_k.sizes());
+  TORCH_CHECK(a.prefix_v.sizes() == a.prefix_k.sizes(), "prefix_v: expected the shape of prefix_k ",
+              a.prefix_k.sizes(), ", got ", a.prefix_v.sizes());
+  const int64_t P = a.prefix_k.size(0), Hkv = a.prefix_k.size(1);
+  TORCH_CHECK(Hkv > 0 && Hq % Hkv == 0, "q: Hq = ", Hq, " query heads is not a multiple of Hkv = ", Hkv);
+  TORCH_CHECK(a.suffix_k.dim() == 4 && a.suffix_k.size(1) == Hkv && a.suffix_k.size(3) == D,
+              "suffix_k: expected [C, Hkv = ", Hkv, ", Ls, D = ", D, "], got ", a.suffix_k.sizes());
+  TORCH_CHECK(a.suffix_v.sizes() == a.suffix_k.sizes(), "suffix_v: expected the shape of suffix_k ",
+              a.suffix_k.sizes(), ", got ", a.suffix_v.sizes());
+  const std::pair<const at::Tensor*, const char*> kv[] = {
+      {&a.prefix_k, "prefix_k"}, {&a.prefix_v, "prefix_v"}, {&a.suffix_k, "suffix_k"}, {&a.suffix_v, "suffix_v"}};
+  for (const auto& [t, name] : kv) {
+    TORCH_CHECK(t->scalar_type() == a.q.scalar_type(), name, ": dtype ", t->scalar_type(), " differs from q's ",
+                a.q.scalar_type());
+    TORCH_CHECK(t->device() == a.q.device(), name, ": expected device ", a.q.device());
+    TORCH_CHECK(t->is_contiguous(), name, ": expected a contiguous cache");
+  }
+  check_1d(a.prefix_len, "prefix_len", P);
+  const std::pair<const at::Tensor*, const char*> rows[] = {
+      {&a.prefix_of, "prefix_of"}, {&a.suffix_len, "suffix_len"}, {&a.slot, "slot"}};
+  for (const auto& [t, name] : rows) check_1d(*t, name, S);
+  const std::tuple<const at::Tensor*, const char*, int64_t> idx[] = {{&a.prefix_len, "prefix_len", a.prefix_k.size(2)},
+                                                                    {&a.prefix_of, "prefix_of", P - 1},
+                                                                    {&a.suffix_len, "suffix_len", a.suffix_k.size(2)},
+                                                                    {&a.slot, "slot", a.suffix_k.size(0) - 1}};
+  for (const auto& [t, name, hi] : idx) {
+    TORCH_CHECK(t->scalar_type() == at::kLong, name, ": expected int64");
+    TORCH_CHECK(t->device() == a.q.device(), name, ": expected device ", a.q.device());
+    // Range checks read the values: free on CPU, a host sync on GPU (skipped
+    // there: the CUDA kernel clamps lengths and the engine builds the indices).
+    if (t->is_cpu() && t->numel() > 0) {
+      TORCH_CHECK(t->min().item<int64_t>() >= 0 && t->max().item<int64_t>() <= hi, name,
+                  ": values must lie in [0, ", hi, "]");
+    }
+  }
+  DecodeAttnArgs c = a;
+  c.q = a.q.contiguous();
+  for (at::Tensor* t : {&c.prefix_len, &c.prefix_of, &c.suffix_len, &c.slot}) *t = t->contiguous();
+  return impl(c);
+}
+
 // The registered op functions, one set per backend. BE provides
 // group_advantages and sample (function pointers) and lm_head().
 template <typename BE>
@@ -109,6 +154,15 @@ struct OpEntries {
     return group_advantages_entry(BE::group_advantages, rewards, group_size, offsets, correct, rts,
                                   std::string(scope), std::string(credit), beta, gamma, credit_scale,
                                   std::string(scale), eps);
+  }
+
+  static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
+                                     const at::Tensor& prefix_len, const at::Tensor& prefix_of,
+                                     const at::Tensor& suffix_k, const at::Tensor& suffix_v,
+                                     const at::Tensor& suffix_len, const at::Tensor& slot, double scale) {
+    return decode_attention_entry(
+        BE::decode_attention,
+        DecodeAttnArgs{q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot, scale});
   }
 
   static std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& logits, const at::Tensor& temperature,

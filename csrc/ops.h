@@ -45,6 +45,22 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits, const a
                                                const at::Tensor& top_k, const at::Tensor& top_p,
                                                const at::Tensor& min_p, const at::Tensor& uniform);
 
+// ---- decode_attention ------------------------------------------------------
+// One decoding step of attention over a shared-prefix KV cache.
+// q [S, Hq, D]; prefix_k, prefix_v [P, Hkv, Lp, D] (the prompts' KV, shared by
+// the samples of a group); prefix_len [P] int64 (valid positions of each
+// prompt); prefix_of [S] int64 (the prompt of each row); suffix_k, suffix_v
+// [C, Hkv, Ls, D] (each sample's own generated KV, C cache slots); suffix_len
+// [S] int64 (valid positions, including the current token); slot [S] int64
+// (each row's cache slot). Hq % Hkv == 0. Returns out [S, Hq, D] =
+// softmax(scale * q k^T) v over the prefix then the suffix positions.
+struct DecodeAttnArgs {
+  at::Tensor q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot;
+  double scale;
+};
+at::Tensor decode_attention_cpu(const DecodeAttnArgs& a);
+at::Tensor decode_attention_cuda(const DecodeAttnArgs& a);
+
 // ---- LM-head backends (lm_head.h) -------------------------------------------
 extern const LMHeadBackend kCpuLMHead;
 extern const LMHeadBackend kCudaLMHead;

@@ -23,6 +23,10 @@ TORCH_LIBRARY(sgpo, m) {
       "sample(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
       "Tensor uniform) -> (Tensor, Tensor)");
   m.def(
+      "decode_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_len, "
+      "Tensor prefix_of, Tensor suffix_k, Tensor suffix_v, Tensor suffix_len, Tensor slot, "
+      "float scale) -> Tensor");
+  m.def(
       "fused_policy_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "
       "Tensor mask, Tensor advantages, Tensor? old_logp, Tensor? ref_logp, float beta, "
       "float eps_low, float eps_high, float? delta, str loss_type, "
@@ -42,6 +46,7 @@ namespace {
 struct CpuBackend {
   static constexpr auto group_advantages = &sgpo::group_advantages_cpu;
   static constexpr auto sample = &sgpo::sample_cpu;
+  static constexpr auto decode_attention = &sgpo::decode_attention_cpu;
   static const sgpo::LMHeadBackend& lm_head() { return sgpo::kCpuLMHead; }
 };
 using Ops = sgpo::OpEntries<CpuBackend>;
@@ -50,6 +55,7 @@ using Ops = sgpo::OpEntries<CpuBackend>;
 TORCH_LIBRARY_IMPL(sgpo, CPU, m) {
   m.impl("group_advantages", &Ops::group_advantages);
   m.impl("sample", &Ops::sample);
+  m.impl("decode_attention", &Ops::decode_attention);
   m.impl("fused_policy_loss", &Ops::fused_policy_loss);
   m.impl("fused_logprobs", &Ops::fused_logprobs);
   m.impl("fused_logprobs_backward", &Ops::fused_logprobs_backward);

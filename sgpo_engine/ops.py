@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import warnings
 from typing import NamedTuple, Optional
 
@@ -41,6 +42,21 @@ def _use_extension() -> bool:
             "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=3)
         _warned = True
     return False
+
+
+_ARG_ERROR = re.compile(r"^[a-z_]+(, [a-z_]+)*(/[a-z_]+)*: ")
+
+
+def _call(op, *args):
+    """Runs an extension op; a C++ argument check (a message that starts with
+    the argument's name) surfaces as ValueError, like the Python checks."""
+    try:
+        return op(*args)
+    except RuntimeError as e:
+        first = str(e).split("\n")[0]
+        if _ARG_ERROR.match(first):
+            raise ValueError(first) from None
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -79,6 +95,18 @@ def _number(name, x, *, lo=None, hi=None, lo_open=False, hi_open=False):
 # --------------------------------------------------------------------------
 # group_advantages
 # --------------------------------------------------------------------------
+def _check_values(rewards, rts):
+    finite = torch.isfinite(rewards)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0])
+        raise ValueError(f"rewards: non-finite value {float(rewards[i])} at index {i}")
+    if rts is not None:
+        bad = ~torch.isnan(rts) & ((rts < 0) | (rts > 1))
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0])
+            raise ValueError(f"rts: expected values in [0, 1] or NaN (not judged), got {float(rts[i])} at index {i}")
+
+
 class GroupAdvantages(NamedTuple):
     advantages: torch.Tensor   # [N]
     rewards: torch.Tensor      # [N] the rewards actually used (credit applied)
@@ -128,23 +156,19 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
         correct = correct.bool()
     if rts is not None:
         _tensor("rts", rts, shape=(N,), floating=True, device=dev)
-        bad = ~torch.isnan(rts) & ((rts < 0) | (rts > 1))
-        if bool(bad.any()):
-            i = int(bad.nonzero()[0])
-            raise ValueError(f"rts: expected values in [0, 1] or NaN (not judged), got {float(rts[i])} at index {i}")
     _choice("scope", scope, reference.SCOPES)
     _choice("credit", credit, reference.CREDITS)
     _choice("scale", scale, reference.SCALES)
     beta, gamma = _number("beta", beta), _number("gamma", gamma)
     credit_scale, eps = _number("credit_scale", credit_scale), _number("eps", eps, lo=0)
-    finite = torch.isfinite(rewards)
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0])
-        raise ValueError(f"rewards: non-finite value {float(rewards[i])} at index {i}")
+    # Value checks: the CPU kernel makes them in its single pass (RuntimeError
+    # naming the tensor); elsewhere they cost extra passes, made here.
+    if not (HAS_EXTENSION and dev.type == "cpu"):
+        _check_values(rewards, rts)
 
     if _use_extension():
-        out = torch.ops.sgpo.group_advantages(
-            rewards, group_size or 0, group_offsets, correct, rts, scope, credit,
+        out = _call(
+            torch.ops.sgpo.group_advantages, rewards, group_size or 0, group_offsets, correct, rts, scope, credit,
             beta, gamma, credit_scale, scale, eps)
     else:
         offsets = group_offsets if group_offsets is not None else torch.arange(0, N + 1, group_size)
@@ -222,8 +246,8 @@ def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, o
             delta, loss_type, importance_sampling_level, temperature, max_completion_length,
             num_items_in_batch)
     gh, gw, gb = _needs_grad(hidden, weight, bias)
-    loss, metrics, _logp, _, _, _ = torch.ops.sgpo.fused_policy_loss(
-        hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low, eps_high, delta,
+    loss, metrics, _logp, _, _, _ = _call(
+        torch.ops.sgpo.fused_policy_loss, hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low, eps_high, delta,
         loss_type, importance_sampling_level, float(temperature), max_completion_length, num_items_in_batch,
         chunk_size, gh, gw, gb)
     out = {"clip_ratio_low": metrics[0], "clip_ratio_high": metrics[1]}
@@ -243,8 +267,8 @@ def fused_logprobs(hidden, weight, targets, *, bias=None, temperature=1.0, chunk
     _check_lm_head(hidden, weight, targets, bias, temperature, chunk_size)
     if not _use_extension():
         return reference.fused_logprobs(hidden, weight, targets, bias, temperature, return_entropy)
-    logp, entropy = torch.ops.sgpo.fused_logprobs(hidden, weight, bias, targets, float(temperature),
-                                                  chunk_size, return_entropy)
+    logp, entropy = _call(torch.ops.sgpo.fused_logprobs, hidden, weight, bias, targets, float(temperature),
+                          chunk_size, return_entropy)
     return (logp, entropy) if return_entropy else logp
 
 
@@ -291,9 +315,29 @@ def sample(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=
     m = _per_row("min_p", min_p, B, dev, f64, lambda x: (x >= 0) & (x <= 1))
     u = torch.rand(B, generator=generator, device=dev, dtype=f64)
     if _use_extension():
-        return torch.ops.sgpo.sample(logits, t, k, p, m, u)
+        return _call(torch.ops.sgpo.sample, logits, t, k, p, m, u)
     tok, lp = reference.sample(logits.cpu(), t.cpu(), k.cpu(), p.cpu(), m.cpu(), u.cpu())
     return tok.to(dev), lp.to(dev)
+
+
+# --------------------------------------------------------------------------
+# decode_attention
+# --------------------------------------------------------------------------
+def decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot,
+                     scale=None):
+    """One decoding step of attention over a shared-prefix KV cache.
+
+    q [S, Hq, D]; prefix_k/v [P, Hkv, Lp, D] (each prompt's KV, shared by its
+    samples); prefix_len [P]; prefix_of [S] (each row's prompt); suffix_k/v
+    [C, Hkv, Ls, D] (each sample's own KV); suffix_len [S] (valid positions,
+    current token included); slot [S] (each row's cache slot). -> [S, Hq, D].
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not _use_extension():
+        return reference.decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v,
+                                          suffix_len, slot, scale)
+    return _call(torch.ops.sgpo.decode_attention, q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k,
+                 suffix_v, suffix_len, slot, scale)
 
 
 # --------------------------------------------------------------------------
@@ -311,6 +355,10 @@ if HAS_EXTENSION:
         f = rewards.new_empty
         return (f(N, dtype=_acc(rewards)), f(N, dtype=_acc(rewards)), f(P, dtype=_acc(rewards)),
                 f(P, dtype=_acc(rewards)), f(P, dtype=torch.bool))
+
+    @torch.library.register_fake("sgpo::decode_attention")
+    def _(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot, scale):
+        return torch.empty_like(q)
 
     @torch.library.register_fake("sgpo::sample")
     def _(logits, temperature, top_k, top_p, min_p, uniform):

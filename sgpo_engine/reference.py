@@ -215,3 +215,26 @@ def sample(logits, temperature, top_k, top_p, min_p, uniform):
         tokens[b] = tok
         logprobs[b] = torch.log_softmax(x, -1)[tok]
     return tokens, logprobs
+
+
+# --------------------------------------------------------------------------
+# decode_attention
+# --------------------------------------------------------------------------
+def decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot,
+                     scale):
+    """q [S, Hq, D]; prefix_k/v [P, Hkv, Lp, D]; suffix_k/v [C, Hkv, Ls, D]; index
+    tensors [S] / [P] int64 (see csrc/ops.h). Row s attends to the first
+    prefix_len[prefix_of[s]] prompt positions, then the first suffix_len[s] of
+    its own cache slot. Returns [S, Hq, D] (zeros for a row with no keys)."""
+    S, Hq, D = q.shape
+    group = Hq // prefix_k.shape[1]
+    out = torch.zeros_like(q)
+    for s in range(S):
+        p, n_p, n_s, c = int(prefix_of[s]), int(prefix_len[prefix_of[s]]), int(suffix_len[s]), int(slot[s])
+        k = torch.cat([prefix_k[p, :, :n_p], suffix_k[c, :, :n_s]], 1).repeat_interleave(group, 0)  # [Hq, L, D]
+        v = torch.cat([prefix_v[p, :, :n_p], suffix_v[c, :, :n_s]], 1).repeat_interleave(group, 0)
+        if k.shape[1] == 0:
+            continue
+        w = torch.softmax((q[s].unsqueeze(1).to(torch.float64) @ k.transpose(1, 2).to(torch.float64)) * scale, -1)
+        out[s] = (w @ v.to(torch.float64)).squeeze(1).to(q.dtype)
+    return out

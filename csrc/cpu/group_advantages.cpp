@@ -52,6 +52,9 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
       }
       neg_p[g] = !any_correct;
       for (int64_t i = lo; i < hi; ++i) {
+        // NaN marks "not judged"; anything else must be a score in [0, 1].
+        TORCH_CHECK(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
+                    rts ? double(rts[i]) : 0.0, " at index ", i);
         const bool ok = correct ? correct[i] : r[i] > scalar_t(0);
         used_p[i] = (rts && is_credited(ok, rts[i], !any_correct, cp.scope)) ? rts_credit(rts[i], cp)
                                                                                : acc(r[i]);
@@ -73,12 +76,6 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
 }  // namespace
 
 GroupAdvOut group_advantages_cpu(const GroupAdvArgs& a) {
-  if (a.rts.defined()) {
-    // NaN marks "not judged"; anything else must be a score in [0, 1].
-    const at::Tensor bad = a.rts.lt(0).logical_or(a.rts.gt(1));
-    TORCH_CHECK(!bad.any().item<bool>(), "rts: values must lie in [0, 1] (NaN = not judged); first bad index ",
-                bad.nonzero().min().item<int64_t>());
-  }
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.rewards.scalar_type(),
                                          "sgpo_group_advantages",
                                          [&] { return group_advantages_typed<scalar_t>(a); });
