@@ -134,6 +134,7 @@ inline at::Tensor decode_attention_entry(at::Tensor (*impl)(const DecodeAttnArgs
                   ": values must lie in [0, ", hi, "]");
     }
   }
+  TORCH_CHECK(a.window >= 0, "window: expected >= 0 (0 = no sliding window), got ", a.window);
   DecodeAttnArgs c = a;
   c.q = a.q.contiguous();
   for (at::Tensor* t : {&c.prefix_len, &c.prefix_of, &c.suffix_len, &c.slot}) *t = t->contiguous();
@@ -159,10 +160,11 @@ struct OpEntries {
   static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,
                                      const at::Tensor& prefix_len, const at::Tensor& prefix_of,
                                      const at::Tensor& suffix_k, const at::Tensor& suffix_v,
-                                     const at::Tensor& suffix_len, const at::Tensor& slot, double scale) {
-    return decode_attention_entry(
-        BE::decode_attention,
-        DecodeAttnArgs{q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot, scale});
+                                     const at::Tensor& suffix_len, const at::Tensor& slot, double scale,
+                                     int64_t window) {
+    return decode_attention_entry(BE::decode_attention, DecodeAttnArgs{q, prefix_k, prefix_v, prefix_len, prefix_of,
+                                                                       suffix_k, suffix_v, suffix_len, slot, scale,
+                                                                       window});
   }
 
   static std::tuple<at::Tensor, at::Tensor> sample(const at::Tensor& logits, const at::Tensor& temperature,

@@ -54,9 +54,12 @@ std::tuple<at::Tensor, at::Tensor> sample_cuda(const at::Tensor& logits, const a
 // [S] int64 (valid positions, including the current token); slot [S] int64
 // (each row's cache slot). Hq % Hkv == 0. Returns out [S, Hq, D] =
 // softmax(scale * q k^T) v over the prefix then the suffix positions.
+// window > 0 is a sliding window (Mistral): the query at absolute position i
+// (= prefix_len + suffix_len - 1) sees keys at positions j > i - window.
 struct DecodeAttnArgs {
   at::Tensor q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot;
   double scale;
+  int64_t window;
 };
 at::Tensor decode_attention_cpu(const DecodeAttnArgs& a);
 at::Tensor decode_attention_cuda(const DecodeAttnArgs& a);

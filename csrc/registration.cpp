@@ -25,7 +25,7 @@ TORCH_LIBRARY(sgpo, m) {
   m.def(
       "decode_attention(Tensor q, Tensor prefix_k, Tensor prefix_v, Tensor prefix_len, "
       "Tensor prefix_of, Tensor suffix_k, Tensor suffix_v, Tensor suffix_len, Tensor slot, "
-      "float scale) -> Tensor");
+      "float scale, int window) -> Tensor");
   m.def(
       "fused_policy_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "
       "Tensor mask, Tensor advantages, Tensor? old_logp, Tensor? ref_logp, float beta, "

@@ -324,20 +324,21 @@ def sample(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=
 # decode_attention
 # --------------------------------------------------------------------------
 def decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot,
-                     scale=None):
+                     scale=None, window=0):
     """One decoding step of attention over a shared-prefix KV cache.
 
     q [S, Hq, D]; prefix_k/v [P, Hkv, Lp, D] (each prompt's KV, shared by its
     samples); prefix_len [P]; prefix_of [S] (each row's prompt); suffix_k/v
     [C, Hkv, Ls, D] (each sample's own KV); suffix_len [S] (valid positions,
-    current token included); slot [S] (each row's cache slot). -> [S, Hq, D].
+    current token included); slot [S] (each row's cache slot). window > 0 is a
+    sliding window (keys within the last `window` positions). -> [S, Hq, D].
     """
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not _use_extension():
         return reference.decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v,
-                                          suffix_len, slot, scale)
+                                          suffix_len, slot, scale, window)
     return _call(torch.ops.sgpo.decode_attention, q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k,
-                 suffix_v, suffix_len, slot, scale)
+                 suffix_v, suffix_len, slot, scale, int(window))
 
 
 # --------------------------------------------------------------------------
@@ -357,7 +358,7 @@ if HAS_EXTENSION:
                 f(P, dtype=_acc(rewards)), f(P, dtype=torch.bool))
 
     @torch.library.register_fake("sgpo::decode_attention")
-    def _(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot, scale):
+    def _(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot, scale, window):
         return torch.empty_like(q)
 
     @torch.library.register_fake("sgpo::sample")

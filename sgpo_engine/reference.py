@@ -221,20 +221,28 @@ def sample(logits, temperature, top_k, top_p, min_p, uniform):
 # decode_attention
 # --------------------------------------------------------------------------
 def decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suffix_v, suffix_len, slot,
-                     scale):
+                     scale, window=0):
     """q [S, Hq, D]; prefix_k/v [P, Hkv, Lp, D]; suffix_k/v [C, Hkv, Ls, D]; index
     tensors [S] / [P] int64 (see csrc/ops.h). Row s attends to the first
     prefix_len[prefix_of[s]] prompt positions, then the first suffix_len[s] of
-    its own cache slot. Returns [S, Hq, D] (zeros for a row with no keys)."""
+    its own cache slot; with window > 0, only keys at absolute positions
+    > (prefix_len + suffix_len - 1) - window. Returns [S, Hq, D] (zeros for a
+    row with no keys).
+    Vectorized (it is also the no-extension fallback): gathers the prefix KV."""
     S, Hq, D = q.shape
-    group = Hq // prefix_k.shape[1]
-    out = torch.zeros_like(q)
-    for s in range(S):
-        p, n_p, n_s, c = int(prefix_of[s]), int(prefix_len[prefix_of[s]]), int(suffix_len[s]), int(slot[s])
-        k = torch.cat([prefix_k[p, :, :n_p], suffix_k[c, :, :n_s]], 1).repeat_interleave(group, 0)  # [Hq, L, D]
-        v = torch.cat([prefix_v[p, :, :n_p], suffix_v[c, :, :n_s]], 1).repeat_interleave(group, 0)
-        if k.shape[1] == 0:
-            continue
-        w = torch.softmax((q[s].unsqueeze(1).to(torch.float64) @ k.transpose(1, 2).to(torch.float64)) * scale, -1)
-        out[s] = (w @ v.to(torch.float64)).squeeze(1).to(q.dtype)
-    return out
+    Hkv, Lp, Ls = prefix_k.shape[1], prefix_k.shape[2], suffix_k.shape[2]
+    cdt = torch.float64 if q.dtype == torch.float64 else torch.float32
+    k = torch.cat([prefix_k[prefix_of], suffix_k[slot]], 2).to(cdt)  # [S, Hkv, Lp + Ls, D]
+    v = torch.cat([prefix_v[prefix_of], suffix_v[slot]], 2).to(cdt)
+    pos = torch.arange(Lp + Ls, device=q.device)
+    valid = torch.where(pos < Lp, pos < prefix_len[prefix_of][:, None],
+                        pos - Lp < suffix_len[:, None])  # [S, Lp + Ls]
+    if window > 0:
+        n_p = prefix_len[prefix_of][:, None]
+        absolute = torch.where(pos < Lp, pos, n_p + pos - Lp)
+        valid &= absolute > n_p + suffix_len[:, None] - 1 - window
+    qg = q.view(S, Hkv, Hq // Hkv, D).to(cdt)
+    scores = torch.einsum("shgd,shld->shgl", qg, k) * scale  # [S, Hkv, group, L]
+    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+    w = torch.nan_to_num(torch.softmax(scores, -1), nan=0.0)  # a row with no keys -> zeros
+    return torch.einsum("shgl,shld->shgd", w, v).reshape(S, Hq, D).to(q.dtype)

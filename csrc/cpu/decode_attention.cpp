@@ -63,6 +63,9 @@ void decode_attention_typed(const DecodeAttnArgs& a, at::Tensor& out) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / Hkv, h = task % Hkv;
       const int64_t np = plen[pof[s]], ns = slen[s];
+      // Sliding window: the first visible prefix / suffix position.
+      const int64_t lo_p = a.window > 0 ? std::max<int64_t>(0, np + ns - a.window) : 0;
+      const int64_t lo_s = a.window > 0 ? std::max<int64_t>(0, ns - a.window) : 0;
       const scalar_t* kp = pk + (pof[s] * Hkv + h) * Lp * D;
       const scalar_t* vp = pv + (pof[s] * Hkv + h) * Lp * D;
       const scalar_t* ks = sk + (slot[s] * Hkv + h) * Ls * D;
@@ -73,17 +76,18 @@ void decode_attention_typed(const DecodeAttnArgs& a, at::Tensor& out) {
         const scalar_t* qrow = q + (s * Hq + hq) * D;
         for (int64_t j = 0; j < D; ++j) qf[j] = acc(qrow[j]) * scale;
         acc m = -INFINITY;
-        for (int64_t t = 0; t < np; ++t) m = std::max(m, scores[t] = dot(qf.data(), kp + t * D, D));
-        for (int64_t t = 0; t < ns; ++t) m = std::max(m, scores[np + t] = dot(qf.data(), ks + t * D, D));
+        for (int64_t t = lo_p; t < np; ++t) m = std::max(m, scores[t] = dot(qf.data(), kp + t * D, D));
+        for (int64_t t = lo_s; t < ns; ++t) m = std::max(m, scores[np + t] = dot(qf.data(), ks + t * D, D));
         std::fill(accum.begin(), accum.end(), acc(0));
         acc sum = 0;
         for (int64_t t = 0; t < np + ns; ++t) {
+          if (t < np ? t < lo_p : t - np < lo_s) continue;
           const acc p = std::exp(scores[t] - m);
           sum += p;
           axpy(accum.data(), p, t < np ? vp + t * D : vs + (t - np) * D, D);
         }
         scalar_t* orow = o + (s * Hq + hq) * D;
-        const acc inv = np + ns > 0 ? acc(1) / sum : acc(0);  // no keys: zeros, never NaN
+        const acc inv = sum > acc(0) ? acc(1) / sum : acc(0);  // no keys: zeros, never NaN
         for (int64_t j = 0; j < D; ++j) orow[j] = scalar_t(accum[j] * inv);
       }
     }

@@ -133,6 +133,7 @@ class ModelConfig:
         if self.architecture not in _ARCHITECTURES:
             raise ValueError(f"architecture: unsupported {self.architecture!r} "
                              f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        self._apply_architecture()
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         if self.head_dim is None:
@@ -141,6 +142,24 @@ class ModelConfig:
             self.sliding_layers = (self.sliding_window is not None,) * self.num_hidden_layers
         self.sliding_layers = tuple(bool(s) for s in self.sliding_layers)
         self.validate()
+
+    def _apply_architecture(self) -> None:
+        """Flags the architecture fixes (whatever was passed): Qwen3 always has
+        q/k norms, Qwen2 always has q/k/v biases and no o_proj bias, Mistral has
+        no biases, only Llama has mlp_bias; o_proj follows attention_bias where
+        the config decides. Keeps a hand-built config loadable by transformers."""
+        spec = _ARCHITECTURES[self.architecture]
+        self.qk_norm = spec["qk_norm"]
+        if spec["qkv_bias"] == "always":
+            self.attention_bias, self.attention_out_bias = True, False
+        elif spec["qkv_bias"] == "never":
+            self.attention_bias = self.attention_out_bias = False
+        else:
+            self.attention_out_bias = self.attention_bias
+        if not spec["mlp_bias"]:
+            self.mlp_bias = False
+        if spec["sliding"] is None:
+            self.sliding_window = None
 
     # ------------------------------------------------------------------
     def validate(self, source: str = "ModelConfig") -> None:
@@ -302,11 +321,12 @@ class ModelConfig:
     def to_hf_dict(self, dtype: Optional[torch.dtype] = None) -> dict:
         """The config.json to write: the dict this config was parsed from (so
         fields we do not model survive a round trip) with our fields written
-        over it, in transformers-5 form (rope_parameters with rope_theta inside)."""
+        over it. RoPE is written both ways: transformers-5 `rope_parameters`
+        (rope_theta inside) and the older top-level `rope_theta` + `rope_scaling`,
+        which transformers 4 reads and transformers 5 accepts as the same thing."""
         spec = _ARCHITECTURES[self.architecture]
         d = dict(self.raw)
-        d.pop("rope_scaling", None)          # superseded by rope_parameters below
-        d.pop("rope_theta", None)
+        d.pop("rope_scaling", None)
         rope = {"rope_type": "default", "rope_theta": self.rope_theta}
         if self.rope_scaling is not None:
             rope = {k: v for k, v in dataclasses.asdict(self.rope_scaling).items() if v is not None}
@@ -326,6 +346,9 @@ class ModelConfig:
             hidden_act=d.get("hidden_act", "silu"),
             rms_norm_eps=self.rms_norm_eps,
             rope_parameters=rope,
+            rope_theta=self.rope_theta,
+            rope_scaling=None if self.rope_scaling is None else
+            {k: v for k, v in rope.items() if k != "rope_theta"},
             max_position_embeddings=self.max_position_embeddings,
             tie_word_embeddings=self.tie_word_embeddings,
             bos_token_id=self.bos_token_id,

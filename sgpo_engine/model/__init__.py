@@ -1,0 +1,10 @@
+"""The model layer: HF config parsing, the decoder, RoPE, tokenizer, and
+safetensors load/save (DESIGN.md sections 2 and 4)."""
+from .config import ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES, SUPPORTED_ROPE_TYPES, parse_dtype
+from .decoder import AttentionFn, Decoder
+from .io import load, save
+from .policy import Policy
+from .tokenizer import Tokenizer
+
+__all__ = ["ModelConfig", "RopeScaling", "SUPPORTED_ARCHITECTURES", "SUPPORTED_ROPE_TYPES", "parse_dtype",
+           "AttentionFn", "Decoder", "Policy", "Tokenizer", "load", "save"]
