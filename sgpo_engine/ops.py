@@ -395,7 +395,8 @@ if HAS_EXTENSION:
     # are in hand there; a separate backward would redo the largest GEMM), so
     # the backward only scales them by the incoming gradient of the loss.
     def _policy_loss_setup(ctx, inputs, output):
-        _, _, _, gh, gw, gb = output
+        _, metrics, logp, gh, gw, gb = output
+        ctx.mark_non_differentiable(metrics, logp)
         ctx.save_for_backward(gh, gw, gb)
         ctx.has_bias = inputs[2] is not None
 
@@ -412,6 +413,7 @@ if HAS_EXTENSION:
 
     def _logprobs_setup(ctx, inputs, output):
         hidden, weight, bias, targets, temperature, chunk_size, _ = inputs
+        ctx.mark_non_differentiable(output[1])  # the entropy
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
 

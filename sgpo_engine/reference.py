@@ -69,12 +69,14 @@ def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_neg
     sizes = torch.tensor([offs[g + 1] - offs[g] for g in range(P)])
     mean_per = means.repeat_interleave(sizes)
     if scale == "group":
-        adv = (used - mean_per) / (stds.repeat_interleave(sizes) + eps)
+        den = stds.repeat_interleave(sizes) + eps
     elif scale == "batch":
-        bstd = used.std() if used.numel() > 1 else torch.zeros((), dtype=dtype)
-        adv = (used - mean_per) / (bstd + eps)
+        den = (used.std() if used.numel() > 1 else torch.zeros((), dtype=dtype)) + eps
     else:
-        adv = used - mean_per
+        den = torch.ones((), dtype=dtype)
+    num = used - mean_per
+    # 0 / 0 = 0: with eps = 0 a group of equal rewards gets advantages 0, not NaN.
+    adv = torch.where(den != 0, num / torch.where(den != 0, den, 1), torch.zeros_like(num))
     return adv, used, means, stds, all_neg
 
 

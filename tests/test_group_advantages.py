@@ -66,6 +66,16 @@ def test_correct_as_int_tensor_is_bool(gen):
         assert torch.equal(x, y)
 
 
+def test_non_contiguous_inputs(gen):
+    sizes = [4] * 6
+    r, c, s = random_group_inputs(gen, sizes)
+    strided = lambda t: torch.stack([t, t], 1)[:, 1]  # stride 2
+    rs, cs, ss = strided(r), strided(c), strided(s)
+    assert not any(t.is_contiguous() for t in (rs, cs, ss))
+    check_group_advantages(rs, group_size=4, correct=cs, rts=ss)
+    check_group_advantages(rs, sizes=sizes, correct=cs, rts=ss, scale="batch")
+
+
 def test_without_correct_positive_reward_counts_as_correct():
     r = torch.tensor([0.0, -1.0, 0.0, 0.0, 0.5, -2.0, 1.0], dtype=F64)
     out = ops.group_advantages(r, group_offsets=torch.tensor([0, 3, 5, 6, 7]))
@@ -196,7 +206,7 @@ def test_scope_off_is_plain_grpo(gen):
 
 # ---- low precision ---------------------------------------------------------------
 @pytest.mark.parametrize("scale", reference.SCALES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_rewards(gen, dtype, scale):
     sizes = [1, 3, 7, 8, 16, 2]
     r, c, s = random_group_inputs(gen, sizes, dtype=dtype)

@@ -36,6 +36,13 @@ SGPO_HD bool is_credited(bool correct, T rts, bool group_all_negative, Scope sco
   }
 }
 
+// num / den, with 0 / 0 = 0: with eps = 0, a group of equal rewards has
+// std 0 and numerators exactly 0, and its advantages must be 0, not NaN.
+template <typename T>
+SGPO_HD T safe_div(T num, T den) {
+  return den != T(0) ? num / den : T(0);
+}
+
 template <typename T>
 struct Moments {
   T mean;

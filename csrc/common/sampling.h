@@ -7,7 +7,8 @@
 //   top_k: the k-th largest e (ties at the boundary are all kept);
 //   top_p: the smallest e of the shortest descending prefix whose mass reaches
 //          top_p * (mass kept by top_k) (again, ties kept);
-//   min_p: min_p * max e = min_p.
+//   min_p: min_p * max e (max e is 1 up to the rounding of exp(x - max x)).
+// The cut never exceeds max e, so the most likely token is always kept.
 // The token is then drawn by inverse CDF in vocabulary order: the first v
 // whose running kept mass exceeds u * (kept mass), u ~ U[0, 1). One uniform
 // per row makes the op deterministic given the generator, and lets tests
@@ -46,10 +47,10 @@ template <typename T>
 SGPO_HD bool top_p_active(const SampleParams<T>& p) {
   return p.top_p < T(1);
 }
-// Cut of the min-p filter on the e scale (p_v >= min_p * max p <=> e_v >= min_p).
+// Cut of the min-p filter on the e scale: p_v >= min_p * max p <=> e_v >= min_p * max e.
 template <typename T>
-SGPO_HD T min_p_cut(const SampleParams<T>& p) {
-  return p.min_p;
+SGPO_HD T min_p_cut(const SampleParams<T>& p, T e_max) {
+  return p.min_p * e_max;
 }
 template <typename T>
 SGPO_HD T max_(T a, T b) {

@@ -63,12 +63,12 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
       mean_p[g] = mo.mean;
       std_p[g] = mo.std;
       const acc denom = a.scale == Scale::Group ? mo.std + eps : acc(1);
-      for (int64_t i = lo; i < hi; ++i) adv_p[i] = (used_p[i] - mo.mean) / denom;
+      for (int64_t i = lo; i < hi; ++i) adv_p[i] = safe_div(used_p[i] - mo.mean, denom);
     }
   });
   if (a.scale == Scale::Batch) {
     const acc bstd = N > 1 ? used.std().item<acc>() : acc(0);
-    adv.div_(bstd + eps);
+    if (bstd + eps > acc(0)) adv.div_(bstd + eps);  // else every numerator is 0 already
   }
   return {adv, used, mean, stdv, all_neg};
 }

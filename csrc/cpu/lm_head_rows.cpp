@@ -128,7 +128,7 @@ void rows_typed(const RowArgs& a) {
         c = tt.dloss_dlogp + (seq_grad ? seq_grad[i] : acc(0));
         acc* s = stats + 4 * i;
         s[0] = tt.loss;
-        s[1] = tt.kl;
+        s[1] = tt.kl * mask[i];  // kl_mean is a mask-weighted mean
         s[2] = tt.clip_low ? mask[i] : acc(0);
         s[3] = tt.clip_high ? mask[i] : acc(0);
       }

@@ -113,7 +113,12 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
         const double mass = sum(work.data(), work.data() + work.size());
         cut = max_(cut, mass_threshold(work.data(), int64_t(work.size()), double(p.top_p) * mass));
       }
-      cut = max_(cut, min_p_cut(p));
+      if (p.min_p > acc(0)) {
+        // Against the computed max weight (1 up to rounding), so the most
+        // likely token survives any min_p <= 1.
+        const acc e_max = *std::max_element(e.begin(), e.end());
+        cut = std::min(max_(cut, min_p_cut(p, e_max)), e_max);
+      }
       double kept = 0;
       for (acc x : e)
         if (x >= cut) kept += x;
@@ -126,6 +131,7 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
         tok = v;  // also the last kept token, should rounding run past the end
         if (run > goal) break;
       }
+      TORCH_CHECK(tok >= 0, "logits: row ", b, " has no finite logit to sample from");
       tokens[b] = tok;
       logprobs[b] = acc(z[tok]) * inv_temp - m - acc(std::log(total));
     }

@@ -38,11 +38,11 @@ struct GroupParams {
   CreditParams<T> credit;
   Scale scale;
   T eps;
-  T* adv;        // [N]
-  T* used;       // [N]
-  T* mean;       // [P]
-  T* stdev;      // [P]
-  bool* all_neg; // [P]
+  T* adv;                  // [N]
+  T* used;                 // [N]
+  T* mean;                 // [P]
+  T* stdev;                // [P]
+  bool* all_neg;           // [P]
 };
 
 template <typename T>
@@ -54,7 +54,10 @@ __device__ __forceinline__ void group_range(const GroupParams<T>& p, int64_t g, 
     begin = g * p.group_size;
     end = begin + p.group_size;
   }
+  // Offsets are not range-checked on the host (that would sync): non-empty
+  // groups that start at 0 and end at N cover [0, N) exactly once.
   CUDA_KERNEL_ASSERT(0 <= begin && begin < end && end <= p.n);
+  CUDA_KERNEL_ASSERT((g != 0 || begin == 0) && (g != p.num_groups - 1 || end == p.n));
 }
 
 // grid * block >= P threads, one per group. Writes used, mean, std, all_neg,
@@ -87,7 +90,7 @@ __global__ void group_stats_kernel(const GroupParams<T> p) {
   if (p.scale == Scale::Batch) return;
   for (int64_t i = begin; i < end; ++i) {
     const T centered = used[i - begin] - mom.mean;
-    p.adv[i] = p.scale == Scale::Group ? centered / (mom.std + p.eps) : centered;  // else None (Dr. GRPO)
+    p.adv[i] = p.scale == Scale::Group ? safe_div(centered, mom.std + p.eps) : centered;  // else None (Dr. GRPO)
   }
 }
 
@@ -101,7 +104,7 @@ __global__ void batch_scale_kernel(const GroupParams<T> p, const T* batch_std) {
   group_range(p, g, begin, end);
   const T denom = (batch_std ? *batch_std : T(0)) + p.eps;
   const T mean = p.mean[g];
-  for (int64_t i = begin; i < end; ++i) p.adv[i] = (p.used[i] - mean) / denom;
+  for (int64_t i = begin; i < end; ++i) p.adv[i] = safe_div(p.used[i] - mean, denom);
 }
 
 }  // namespace

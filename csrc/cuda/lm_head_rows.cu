@@ -17,7 +17,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
-#include <string>
 #include <utility>
 
 #include "../common/lse.h"
@@ -38,26 +37,26 @@ ClipParams<T> cast_clip(const ClipParams<double>& c) {
 }
 
 // RowArgs as raw device pointers; nullptr = not given.
-template <typename acc_t>
+template <typename acc>
 struct RowParams {
   RowMode mode;
   int64_t vocab;
   int64_t row_stride;      // elements between logits rows
   const int64_t* targets;  // [n]
-  acc_t inv_temp;
-  acc_t* logp_out;         // [n]?
-  acc_t* entropy_out;      // [n]?
-  const acc_t* coef;       // [n], GivenCoef
-  const acc_t* weight;     // [n], PolicyLoss
-  const acc_t* adv;        // [n], PolicyLoss
-  const acc_t* mask;       // [n], PolicyLoss
-  const acc_t* old_logp;   // [n]?
-  const acc_t* ref_logp;   // [n]?
-  const acc_t* seq_ratio;  // [n]?
-  const acc_t* seq_grad;   // [n]?
-  ClipParams<acc_t> clip;
-  acc_t beta;
-  acc_t* token_stats;      // [n, 4], PolicyLoss
+  acc inv_temp;
+  acc* logp_out;           // [n]?
+  acc* entropy_out;        // [n]?
+  const acc* coef;         // [n], GivenCoef
+  const acc* weight;       // [n], PolicyLoss
+  const acc* adv;          // [n], PolicyLoss
+  const acc* mask;         // [n], PolicyLoss
+  const acc* old_logp;     // [n]?
+  const acc* ref_logp;     // [n]?
+  const acc* seq_ratio;    // [n]?
+  const acc* seq_grad;     // [n]?
+  ClipParams<acc> clip;
+  acc beta;
+  acc* token_stats;        // [n, 4], PolicyLoss
 };
 
 template <typename T, int N>
@@ -139,52 +138,52 @@ __device__ OnlineLSE<T> block_merge(OnlineLSE<T> st) {
 // grid = n rows, block = a multiple of 32 threads <= kMaxThreads.
 // logits [n, V] (row_stride apart): read; overwritten with d loss / d logits
 // unless mode is Stats.
-template <typename scalar_t, typename acc_t>
-__global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, const RowParams<acc_t> p) {
+template <typename scalar_t, typename acc>
+__global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, const RowParams<acc> p) {
   const int64_t i = blockIdx.x;
   scalar_t* row = logits + i * p.row_stride;
   const int64_t target = p.targets[i];
   CUDA_KERNEL_ASSERT(target >= 0 && target < p.vocab);
 
-  OnlineLSE<acc_t> st;
-  for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc_t>(x) * p.inv_temp); });
+  OnlineLSE<acc> st;
+  for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc>(x) * p.inv_temp); });
   // Read before block_merge's barrier: no thread has started overwriting the row yet.
-  const acc_t x_target = static_cast<acc_t>(row[target]) * p.inv_temp;
+  const acc x_target = static_cast<acc>(row[target]) * p.inv_temp;
   st = block_merge(st);
 
-  const acc_t lse = st.lse();
-  const acc_t logp = x_target - lse;
+  const acc lse = st.lse();
+  const acc logp = x_target - lse;
   const bool writer = threadIdx.x == 0;
   if (writer && p.logp_out) p.logp_out[i] = logp;
   if (writer && p.entropy_out) p.entropy_out[i] = st.entropy();
   if (p.mode == RowMode::Stats) return;
 
   // d loss / d logp of this row; every thread computes it (uniform, a few flops).
-  acc_t coef;
+  acc coef;
   if (p.mode == RowMode::GivenCoef) {
     coef = p.coef[i];
   } else {
-    const acc_t old = p.old_logp ? p.old_logp[i] : logp;  // on-policy: old = logp.detach()
-    const acc_t ratio = p.seq_ratio ? p.seq_ratio[i] : exp_(logp - old);
-    const acc_t dratio_dlogp = p.seq_ratio ? acc_t(0) : ratio;
+    const acc old = p.old_logp ? p.old_logp[i] : logp;  // on-policy: old = logp.detach()
+    const acc ratio = p.seq_ratio ? p.seq_ratio[i] : exp_(logp - old);
+    const acc dratio_dlogp = p.seq_ratio ? acc(0) : ratio;
     const bool has_ref = p.ref_logp != nullptr;
-    const TokenTerms<acc_t> t = policy_token_terms(logp, ratio, dratio_dlogp, p.adv[i], p.weight[i], has_ref,
-                                                   has_ref ? p.ref_logp[i] : acc_t(0), p.beta, p.clip);
-    coef = t.dloss_dlogp + (p.seq_grad ? p.seq_grad[i] : acc_t(0));
+    const TokenTerms<acc> t = policy_token_terms(logp, ratio, dratio_dlogp, p.adv[i], p.weight[i], has_ref,
+                                                   has_ref ? p.ref_logp[i] : acc(0), p.beta, p.clip);
+    coef = t.dloss_dlogp + (p.seq_grad ? p.seq_grad[i] : acc(0));
     if (writer) {
-      acc_t* stats = p.token_stats + 4 * i;
+      acc* stats = p.token_stats + 4 * i;
       stats[0] = t.loss;
-      stats[1] = t.kl;
-      stats[2] = t.clip_low ? p.mask[i] : acc_t(0);
-      stats[3] = t.clip_high ? p.mask[i] : acc_t(0);
+      stats[1] = t.kl * p.mask[i];  // kl_mean is a mask-weighted mean
+      stats[2] = t.clip_low ? p.mask[i] : acc(0);
+      stats[3] = t.clip_high ? p.mask[i] : acc(0);
     }
   }
 
   // d logp / d logits_v = inv_temp * (onehot(target)_v - softmax_v).
-  const acc_t scale = coef * p.inv_temp;
+  const acc scale = coef * p.inv_temp;
   for_row<true>(row, p.vocab, [&](int64_t v, scalar_t& x) {
-    const acc_t prob = exp_(static_cast<acc_t>(x) * p.inv_temp - lse);
-    x = static_cast<scalar_t>(scale * ((v == target ? acc_t(1) : acc_t(0)) - prob));
+    const acc prob = exp_(static_cast<acc>(x) * p.inv_temp - lse);
+    x = static_cast<scalar_t>(scale * ((v == target ? acc(1) : acc(0)) - prob));
   });
 }
 
@@ -201,9 +200,13 @@ int row_threads(int64_t vocab, int64_t pack) {
 template <typename T>
 T* row_ptr(const at::Tensor& t, const char* name, int64_t n, const at::Tensor& like, int64_t cols = 0) {
   if (!t.defined()) return nullptr;
-  const bool shape_ok = cols == 0 ? t.dim() == 1 && t.size(0) == n : t.dim() == 2 && t.size(0) == n && t.size(1) == cols;
-  TORCH_CHECK(shape_ok, "lm_head rows: ", name, ": expected shape [", n, cols == 0 ? "" : ", ",
-              cols == 0 ? std::string() : std::to_string(cols), "], got ", t.sizes());
+  if (cols == 0) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == n, "lm_head rows: ", name, ": expected shape [", n, "], got ",
+                t.sizes());
+  } else {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == cols, "lm_head rows: ", name,
+                ": expected shape [", n, ", ", cols, "], got ", t.sizes());
+  }
   TORCH_CHECK(t.is_contiguous(), "lm_head rows: ", name, ": expected a contiguous tensor");
   TORCH_CHECK(t.scalar_type() == c10::CppTypeToScalarType<T>::value, "lm_head rows: ", name, ": expected ",
               c10::CppTypeToScalarType<T>::value, ", got ", t.scalar_type());
@@ -255,8 +258,8 @@ void rows_cuda(const RowArgs& a) {
       p.beta = static_cast<acc>(a.beta);
     }
     const int threads = row_threads(vocab, 16 / sizeof(scalar_t));
-    rows_kernel<scalar_t, acc><<<static_cast<unsigned>(n), threads, 0, at::cuda::getCurrentCUDAStream()>>>(logits.data_ptr<scalar_t>(),
-                                                                                   p);
+    rows_kernel<scalar_t, acc><<<static_cast<unsigned>(n), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
+        logits.data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

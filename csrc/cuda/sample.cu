@@ -54,6 +54,12 @@ struct WeightKey<double> {
   static __device__ double weight(Key k) { return __longlong_as_double(static_cast<long long>(k)); }
 };
 
+// A product rounded on its own, never fused into an FMA with what follows:
+// every pass then sees bitwise the same x, and the max weight is exactly
+// exp(m - m) = 1.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+
 struct Sum {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a + b; }
@@ -107,9 +113,11 @@ __global__ __launch_bounds__(kBlock) void sample_kernel(const scalar_t* logits, 
 
   const int64_t b = blockIdx.x;
   const scalar_t* row = logits + b * vocab;
-  const bool greedy = p.temperature[b] == 0.0;
-  const C temp = greedy ? C(1) : static_cast<C>(p.temperature[b]);  // greedy log-probs are at temperature 1
-  const auto x_at = [&](int64_t v) { return static_cast<C>(row[v]) / temp; };
+  const C temp = static_cast<C>(p.temperature[b]);
+  const bool greedy = temp == C(0);
+  const C inv_temp = greedy ? C(1) : C(1) / temp;  // greedy log-probs are at temperature 1
+  // x as the CPU kernel computes it: logit * (1 / temperature).
+  const auto x_at = [&](int64_t v) { return mul_rn(static_cast<C>(row[v]), inv_temp); };
 
   C m = neg_inf<C>();
   for (int64_t v = threadIdx.x; v < vocab; v += kBlock) m = max_(m, x_at(v));
@@ -161,10 +169,10 @@ __global__ __launch_bounds__(kBlock) void sample_kernel(const scalar_t* logits, 
       }
       if (t > cut_key) cut_key = t;
     }
-    // Clamped to [0, 1], the range of the weights (the max is exactly 1): a
-    // min_p above 1 still keeps the argmax, and -0.0 cannot become a key
-    // above every weight.
-    C cut = max_(K::weight(cut_key), min_p_cut(sp));
+    // max e is exactly 1 here (see mul_rn). Clamping the cut to [0, max e]
+    // keeps the most likely token whatever min_p is, and stops a -0.0 from
+    // becoming a key above every weight.
+    C cut = max_(K::weight(cut_key), min_p_cut(sp, C(1)));
     cut = cut > C(0) ? (cut < C(1) ? cut : C(1)) : C(0);
     const Key kept_key = K::key(cut);
     const C kept_mass = kept_key == 0 ? total : mass_at_least(kept_key);

@@ -177,8 +177,8 @@ void test_k3_and_token_terms() {
   // Token level, ratio = exp(logp - old): d loss / d logp by finite difference.
   const sgpo::ClipParams<double> p{0.2, 0.28, 2.0, true};
   const auto loss_at = [&](double logp, double old, double adv, double w, bool has_ref, double ref, double beta) {
-    return sgpo::policy_token_terms(logp, std::exp(logp - old), std::exp(logp - old), adv, w, has_ref, ref, beta, p)
-        .loss;
+    const double ratio = std::exp(logp - old);
+    return sgpo::policy_token_terms(logp, ratio, ratio, adv, w, has_ref, ref, beta, p).loss;
   };
   for (int i = 0; i < 400; ++i) {
     const double logp = uniform(-6.0, -0.1), old = logp + uniform(-1.0, 1.0);
@@ -252,6 +252,10 @@ void test_group_moments(double tol) {
       CHECK(m.std == T(0));
     }
   }
+  // safe_div: 0 / 0 = 0 (eps = 0 with equal rewards), otherwise plain division.
+  CHECK(sgpo::safe_div(T(0), T(0)) == T(0));
+  CHECK(sgpo::safe_div(T(3), T(2)) == T(1.5));
+  CHECK(sgpo::safe_div(T(-1), T(4)) == T(-0.25));
   // One element: std 0 whatever the value.
   const auto one = sgpo::group_moments<T>([](int64_t) { return T(0.123); }, 1);
   CHECK(one.mean == T(0.123) && one.std == T(0));
@@ -276,9 +280,10 @@ void test_weight_key() {
 
 void test_sample_params() {
   const sgpo::SampleParams<double> off{1.0, 0, 1.0, 0.0};
-  CHECK(!sgpo::top_k_active(off, 100) && !sgpo::top_p_active(off) && sgpo::min_p_cut(off) == 0.0);
+  CHECK(!sgpo::top_k_active(off, 100) && !sgpo::top_p_active(off) && sgpo::min_p_cut(off, 1.0) == 0.0);
   const sgpo::SampleParams<double> on{0.7, 5, 0.9, 0.05};
-  CHECK(sgpo::top_k_active(on, 100) && sgpo::top_p_active(on) && sgpo::min_p_cut(on) == 0.05);
+  CHECK(sgpo::top_k_active(on, 100) && sgpo::top_p_active(on) && sgpo::min_p_cut(on, 1.0) == 0.05);
+  CHECK(sgpo::min_p_cut(on, 0.5) == 0.025);  // relative to the computed max weight
   CHECK(!sgpo::top_k_active(on, 5));  // k >= V keeps everything
   CHECK(sgpo::max_(0.25, 0.5) == 0.5 && sgpo::max_(0.5, 0.25) == 0.5);
 }

@@ -27,9 +27,9 @@ __global__ void common_math_kernel(const T* x, int64_t n, T* out) {
   out[2] = s.loss + s.dloss_dratio + T(s.clip_low) + T(s.clip_high);
   out[3] = t.loss + t.dloss_dlogp + t.kl + sgpo::k3_kl(x[0], x[1]) + sgpo::k3_kl_dlogp(x[0], x[1]);
   out[4] = sgpo::is_credited(false, x[4], true, credit.scope) ? sgpo::rts_credit(x[4], credit) : T(0);
-  out[5] = mom.mean + mom.std;
+  out[5] = mom.mean + mom.std + sgpo::safe_div(x[0], x[1]);
   out[6] = T(sgpo::weight_key(static_cast<float>(x[5]))) + T(sgpo::key_weight(0x3f800000u));
-  out[7] = T(sgpo::top_k_active(sp, n)) + T(sgpo::top_p_active(sp)) + sgpo::min_p_cut(sp);
+  out[7] = T(sgpo::top_k_active(sp, n)) + T(sgpo::top_p_active(sp)) + sgpo::min_p_cut(sp, T(1));
   out[8] = sgpo::max_(x[0], x[1]) + sgpo::neg_inf<T>() + sgpo::sqrt_(x[2]) + sgpo::log_(x[3]) + sgpo::exp_(x[4]);
 }
 
