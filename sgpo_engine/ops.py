@@ -293,15 +293,16 @@ def _per_row(name, value, B, device, dtype, check):
     return torch.full((B,), value, dtype=dtype, device=device)
 
 
-def sample(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None):
+def sample(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=None, uniform=None):
     """Fused temperature / top-k / top-p / min-p sampling, one token per row.
 
     logits [B, V]; each parameter is a number or a [B] tensor. temperature 0
     is greedy. Returns (tokens [B] int64, logprobs [B] float32): the log-prob
     of the token under log_softmax(logits / temperature) over the full
     vocabulary (temperature 1 when greedy). The same generator state gives
-    the same tokens. CUDA [B] parameter tensors are not range-checked (that
-    would synchronize the host every decoding step).
+    the same tokens. `uniform` [B] in [0, 1) replaces the generator's draws
+    (for counter-based randomness). CUDA [B] parameter tensors are not
+    range-checked (that would synchronize the host every decoding step).
     """
     _tensor("logits", logits, dim=2, floating=True)
     B, V = logits.shape
@@ -313,7 +314,11 @@ def sample(logits, *, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, generator=
     k = _per_row("top_k", top_k, B, dev, torch.int64, lambda x: x >= 0)
     p = _per_row("top_p", top_p, B, dev, f64, lambda x: (x > 0) & (x <= 1))
     m = _per_row("min_p", min_p, B, dev, f64, lambda x: (x >= 0) & (x <= 1))
-    u = torch.rand(B, generator=generator, device=dev, dtype=f64)
+    if uniform is None:
+        u = torch.rand(B, generator=generator, device=dev, dtype=f64)
+    else:
+        _tensor("uniform", uniform, shape=(B,), device=dev)
+        u = uniform.to(f64)
     if _use_extension():
         return _call(torch.ops.sgpo.sample, logits, t, k, p, m, u)
     tok, lp = reference.sample(logits.cpu(), t.cpu(), k.cpu(), p.cpu(), m.cpu(), u.cpu())

@@ -192,3 +192,13 @@ def test_decode_attention_bad_input():
         ops.decode_attention(q, pk, pv, plen, pof, sk.double(), sv.double(), slen, slot)
     with pytest.raises(ValueError, match="window"):
         ops.decode_attention(q, pk, pv, plen, pof, sk, sv, slen, slot, window=-1)
+
+
+def test_per_prompt_seeds_do_not_depend_on_the_batch(checkpoints):
+    policy = se.load(checkpoints["qwen3_tied"][0])
+    prompts = ragged_prompts(3)
+    together = generate(policy, prompts, num_samples=2, max_new_tokens=8, seed=[11, 12, 13], stop_token_ids=[])
+    alone = generate(policy, [prompts[1]], num_samples=2, max_new_tokens=8, seed=[12], stop_token_ids=[])
+    assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]
+    with pytest.raises(ValueError, match="seed"):
+        generate(policy, prompts, seed=[1, 2])

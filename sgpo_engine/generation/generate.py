@@ -17,6 +17,7 @@ import torch
 from .. import ops
 from ..progress import Progress
 from .kv_cache import SharedPrefixKVCache
+from .rng import mix_seeds, uniforms
 from .stopping import StopRule
 
 Prompt = Union[str, Sequence[int], Sequence[dict]]
@@ -70,9 +71,14 @@ def _check_prompts(ids: list[list[int]], vocab: int, context: int):
 @torch.no_grad()
 def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_tokens: int = 256,
              temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, stop: Optional[Sequence[str]] = None,
-             stop_token_ids: Optional[Sequence[int]] = None, seed: Optional[int] = None,
+             stop_token_ids: Optional[Sequence[int]] = None, seed: Union[int, Sequence[int], None] = None,
              chat_template: bool = False, progress: Optional[bool] = None) -> list[list[Completion]]:
-    """G = num_samples completions for each prompt; returns one list per prompt."""
+    """G = num_samples completions for each prompt; returns one list per prompt.
+
+    seed: an int, or one int per prompt. Randomness is counter-based: sample g
+    of prompt p draws from (seed, p * G + g) (or (seed[p], g)) at each step, so
+    a completion does not depend on which other prompts share the call.
+    """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise ValueError("prompts: expected a list of prompts")
     if not isinstance(num_samples, int) or num_samples < 1:
@@ -86,11 +92,11 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
     _check_prompts(prompt_ids, cfg.vocab_size, cfg.max_position_embeddings)
     eos = set(getattr(policy.tokenizer, "eos_token_ids", None) or []) if policy.tokenizer else set()
     rule = StopRule(eos | set(stop_token_ids or []), stop, policy.tokenizer)
-    gen = torch.Generator(device=dev).manual_seed(seed) if seed is not None else None
-    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, generator=gen)
+    sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
 
     P, G = len(prompt_ids), num_samples
     S = P * G
+    row_seeds = _row_seeds(seed, P, G)  # [S] int64, on CPU
     lens = torch.tensor([len(p) for p in prompt_ids])
     # Each completion may grow until the context is full.
     caps = [min(max_new_tokens, cfg.max_position_embeddings - len(p)) for p in prompt_ids for _ in range(G)]
@@ -115,8 +121,11 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
     rows = torch.arange(S, device=dev)  # live slots
     long_run = S * max(caps) > 200_000
     bar = Progress(max(caps), "generate", progress if progress is not None else (long_run and sys.stderr.isatty()))
+    step = 0
     while True:
-        tok, lp = ops.sample(logits, **sampling)
+        u = uniforms(row_seeds[rows.cpu()], step).to(dev)
+        tok, lp = ops.sample(logits, uniform=u, **sampling)
+        step += 1
         for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
             tokens[r].append(t)
             logps[r].append(l)
@@ -136,6 +145,16 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
         logits = hidden[:, 0] @ weight.t()  # [A, V]
     bar.close()
     return _completions(policy, prompt_ids, G, tokens, logps, reason, rule)
+
+
+def _row_seeds(seed, P, G) -> torch.Tensor:
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()))  # from torch's global RNG
+    if isinstance(seed, int):
+        return mix_seeds(seed, torch.arange(P * G))
+    if len(seed) != P:
+        raise ValueError(f"seed: expected an int or one seed per prompt ({P}), got {len(seed)}")
+    return mix_seeds(torch.tensor(list(seed), dtype=torch.int64).repeat_interleave(G), torch.arange(G).repeat(P))
 
 
 def _completions(policy, prompt_ids, G, tokens, logps, reason, rule) -> list[list[Completion]]:
