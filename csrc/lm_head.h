@@ -29,7 +29,7 @@ struct RowArgs {
   double inv_temp = 1.0;
 
   at::Tensor logp_out;     // [n]
-  at::Tensor entropy_out;  // [n] or undefined (Stats only)
+  at::Tensor entropy_out;  // [n] or undefined (written in any mode)
 
   at::Tensor coef;  // GivenCoef: [n] d loss / d logp
 
@@ -39,8 +39,8 @@ struct RowArgs {
   at::Tensor weight, adv, old_logp, ref_logp, seq_ratio, seq_grad, mask;
   ClipParams<double> clip{0.2, 0.2, 0.0, false};
   double beta = 0.0;
-  // PolicyLoss outputs: [n, 4] = (weighted loss, k3 kl, mask * clipped_low,
-  // mask * clipped_high).
+  // PolicyLoss outputs: [n, 4] = (weighted loss, mask * k3 kl,
+  // mask * clipped_low, mask * clipped_high).
   at::Tensor token_stats;
 };
 

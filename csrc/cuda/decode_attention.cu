@@ -8,9 +8,10 @@
 // through shared memory at the end. Lengths are clamped to the cache sizes
 // (the host does not range-check CUDA indices: that would sync every step).
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "../common/macros.h"
 #include "../ops.h"
@@ -115,10 +116,10 @@ at::Tensor decode_attention_cuda(const DecodeAttnArgs& a) {
   at::Tensor out = at::empty(a.q.sizes(), a.q.options());
   if (S == 0) return out;
   const int64_t Hkv = a.prefix_k.size(1), Lp = a.prefix_k.size(2), Ls = a.suffix_k.size(2);
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.q.scalar_type(), "sgpo_decode_attention_cuda", [&] {
     using acc = acc_t<scalar_t>;
-    const dim3 grid(unsigned(S), unsigned(Hq));
+    const dim3 grid{unsigned(S), unsigned(Hq)};
     const size_t smem = size_t(kWarps) * D * sizeof(acc);
     decode_attention_kernel<scalar_t, acc><<<grid, kWarps * 32, smem, stream>>>(
         a.q.data_ptr<scalar_t>(), a.prefix_k.data_ptr<scalar_t>(), a.prefix_v.data_ptr<scalar_t>(),
