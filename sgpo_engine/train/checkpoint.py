@@ -1,0 +1,88 @@
+"""Checkpoints: OUTPUT/checkpoint-STEP/ holds the model in HF layout (so
+transformers and vLLM load it as is) and trainer_state.pt (optimizer,
+scheduler, RNG states, step / data position).
+
+A checkpoint is written under a temporary name and renamed when complete, so
+a crash (even SIGKILL) never leaves a half checkpoint that --resume would
+pick up. Only the newest `keep` checkpoints are kept.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(output: str, step: int, policy, trainer_state: dict, keep: int) -> str:
+    final = os.path.join(output, f"checkpoint-{step}")
+    tmp = os.path.join(output, f".checkpoint-{step}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save(tmp)  # the model files (itself written atomically)
+    state_tmp = os.path.join(tmp, STATE_FILE + ".tmp")
+    torch.save({**trainer_state, "step": step, "rng": rng_state()}, state_tmp)
+    os.replace(state_tmp, os.path.join(tmp, STATE_FILE))
+    _fsync_dir(tmp)
+    if os.path.exists(final):  # re-saving a step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(output)
+    for old in list_checkpoints(output)[:-keep]:
+        shutil.rmtree(old[1], ignore_errors=True)
+    return final
+
+
+def list_checkpoints(output: str) -> list[tuple[int, str]]:
+    """Complete checkpoints [(step, path)], oldest first."""
+    if not os.path.isdir(output):
+        return []
+    found = []
+    for name in os.listdir(output):
+        m = _NAME.match(name)
+        path = os.path.join(output, name)
+        if m and os.path.isfile(os.path.join(path, STATE_FILE)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output: str):
+    found = list_checkpoints(output)
+    return found[-1][1] if found else None
+
+
+def load_trainer_state(path: str) -> dict:
+    file = os.path.join(path, STATE_FILE)
+    try:
+        return torch.load(file, map_location="cpu", weights_only=False)
+    except Exception as e:  # a checkpoint the rename protocol says is complete, yet unreadable
+        raise ValueError(f"{file}: cannot read the trainer state ({e})") from None
+
+
+def _fsync_dir(path: str):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,233 @@
+"""The training config: one flat dataclass, read from TOML, overridable from
+the command line (`--lr 1e-6`, `--max-steps 3`), saved with the run.
+
+TOML tables are only for reading comfort: `[rollout] temperature = 1.0` and a
+top-level `temperature = 1.0` mean the same field. Unknown fields and values
+of the wrong type are errors that name the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+BUILTIN = "builtin:arith"
+
+
+@dataclass
+class TrainConfig:
+    # ---- model and data
+    model: str = BUILTIN                 # HF-layout folder, or builtin:arith (the shipped warm start)
+    dtype: str = "float32"
+    device: str = "cpu"
+    dataset: str = BUILTIN               # .jsonl / .parquet file, or builtin:arith
+    prompt_field: str = "prompt"         # a string, or chat messages [{"role", "content"}]
+    answer_field: str = "answer"
+    reference_field: str = "reference"   # optional worked solution shown to the judge
+    chat_template: bool = False          # apply the tokenizer's chat template to string prompts
+    task_min_ops: int = 8                # builtin:arith difficulty (operations per problem)
+    task_max_ops: int = 10
+
+    # ---- rollout
+    rollout: str = "local"               # local (the engine's generate) | openai (an external server)
+    rollout_url: str = ""
+    rollout_model: str = ""
+    prompts_per_step: int = 16
+    num_samples: int = 8                 # G, responses per prompt
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    stop: list = field(default_factory=list)
+
+    # ---- verifier and judge
+    judge: str = "builtin"               # builtin (task's exact checker) | http | local | none
+    judge_url: str = ""
+    judge_model: str = ""
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_concurrency: int = 8
+    judge_timeout: float = 60.0
+    step_mode: str = "line"
+    correct_reward: float = 1.0
+    incorrect_reward: float = 0.0
+
+    # ---- SGPO advantages
+    scope: str = "all_negative"          # all_negative | all_incorrect | off (plain GRPO)
+    credit: str = "sigmoid"              # sigmoid | linear
+    credit_beta: float = 5.0
+    credit_gamma: float = 0.5
+    credit_scale: float = 0.5
+    adv_scale: str = "group"             # group | batch | none
+    adv_eps: float = 1e-4
+    filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
+
+    # ---- loss
+    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
+    importance_sampling_level: str = "token"
+    eps_low: float = 0.2
+    eps_high: float = 0.2
+    delta: Optional[float] = None
+    beta: float = 0.0                    # k3 KL to the frozen initial policy
+    mu: int = 1                          # optimization epochs per rollout
+    micro_batch_size: int = 64           # sequences per forward/backward
+    recompute_old_logp: bool = False     # recompute old log-probs instead of the sampler's
+    gradient_checkpointing: bool = False
+
+    # ---- optimizer
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_schedule: str = "cosine"          # cosine | constant
+    min_lr_ratio: float = 0.1
+
+    # ---- run
+    max_steps: int = 100
+    seed: int = 0
+    output: str = "runs/sgpo"
+    save_every: int = 50
+    keep_checkpoints: int = 2
+    eval_every: int = 0                  # builtin:arith held-out greedy accuracy every N steps (0 = off)
+    eval_problems: int = 100
+    resume: bool = False
+    tensorboard: bool = True
+    progress: Optional[bool] = None      # progress bar (default: on a terminal)
+
+    def validate(self) -> "TrainConfig":
+        choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
+                       scope=("all_negative", "all_incorrect", "off"), credit=("sigmoid", "linear"),
+                       adv_scale=("group", "batch", "none"), loss_type=("grpo", "bnpo", "dapo", "dr_grpo"),
+                       importance_sampling_level=("token", "sequence"), lr_schedule=("cosine", "constant"),
+                       dtype=("float32", "bfloat16", "float16"))
+        for name, options in choices.items():
+            if getattr(self, name) not in options:
+                raise ValueError(f"config field '{name}': expected one of {options}, got {getattr(self, name)!r}")
+        positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "mu", "max_steps",
+                    "save_every", "keep_checkpoints", "judge_concurrency")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
+        nonneg = ("lr", "weight_decay", "max_grad_norm", "warmup_steps", "beta", "eps_low", "eps_high",
+                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems")
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ValueError(f"config field '{name}': expected >= 0, got {getattr(self, name)}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"config field 'top_p': expected in (0, 1], got {self.top_p}")
+        if self.temperature == 0:
+            raise ValueError("config field 'temperature': RL needs sampling (> 0); greedy rollouts have no variance")
+        if self.rollout == "openai" and not (self.rollout_url and self.rollout_model):
+            raise ValueError("config fields 'rollout_url' and 'rollout_model' are required with rollout = 'openai'")
+        if self.judge == "http" and not (self.judge_url and self.judge_model):
+            raise ValueError("config fields 'judge_url' and 'judge_model' are required with judge = 'http'")
+        if self.judge == "builtin" and self.dataset != BUILTIN:
+            raise ValueError("config field 'judge': 'builtin' is the built-in task's checker; with your own "
+                             "dataset use 'http', 'local' or 'none' (with scope = 'off')")
+        if self.judge == "none" and self.scope != "off":
+            raise ValueError("config field 'scope': without a judge (judge = 'none') only scope = 'off' works")
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """A TOML or command-line value as the field's type; errors name the field."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    if isinstance(value, str) and base is not str:
+        text = value.strip()
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        try:
+            value = json.loads(text.lower() if base is bool else text)
+        except json.JSONDecodeError:
+            if base is list:
+                value = [s for s in text.split(",") if s]
+            else:
+                raise ValueError(f"config field '{name}': cannot read {text!r} as {base.__name__}") from None
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    origin = typing.get_origin(base) or base
+    if not isinstance(value, origin) or (origin in (int, float) and isinstance(value, bool)):
+        raise ValueError(f"config field '{name}': expected {base.__name__}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config field '{name}': expected a finite number, got {value}")
+    return value
+
+
+def from_dict(values: dict, where: str = "config") -> TrainConfig:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:  # one level of tables, flattened
+            if k not in FIELDS:
+                raise ValueError(f"{where}: unknown field '{k}'")
+            if k in flat:
+                raise ValueError(f"{where}: field '{k}' is given twice")
+            flat[k] = _coerce(k, v)
+    return TrainConfig(**flat)
+
+
+def load(path: Optional[str], overrides: Optional[list[str]] = None) -> TrainConfig:
+    """Config from a TOML file (or the defaults) plus `--field value` overrides."""
+    values: dict[str, Any] = {}
+    if path:
+        if not os.path.isfile(path):
+            raise ValueError(f"config: no such file {path}")
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{path}: invalid TOML: {e}") from None
+    cfg = from_dict(values, where=path or "config")
+    return apply_overrides(cfg, overrides or []).validate()
+
+
+def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:
+    """`--max-steps 3 --lr=1e-6 --resume` (a bool flag alone means true)."""
+    out = dataclasses.asdict(cfg)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ValueError(f"override: expected --field value, got {arg!r}")
+        key, _, value = arg[2:].partition("=")
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ValueError(f"override: unknown config field '{name}'")
+        if not _:
+            is_bool = typing.get_type_hints(TrainConfig)[name] is bool
+            if is_bool and (i + 1 == len(args) or args[i + 1].startswith("--")):
+                value = "true"
+            else:
+                if i + 1 == len(args):
+                    raise ValueError(f"override: --{key} needs a value")
+                i += 1
+                value = args[i]
+        out[name] = _coerce(name, value)
+        i += 1
+    return TrainConfig(**out)
+
+
+def to_toml(cfg: TrainConfig) -> str:
+    """The resolved config as TOML (flat; None fields are written as comments)."""
+    lines = []
+    for name, value in dataclasses.asdict(cfg).items():
+        if value is None:
+            lines.append(f"# {name} = (none)")
+        else:
+            lines.append(f"{name} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,107 @@
+"""Prompt sources: what a training step rolls out.
+
+A source returns the prompts of step s deterministically from (seed, s), so a
+resumed run sees exactly the prompts an uninterrupted one would have, and
+ranks can split a step's prompts without talking to each other.
+
+    Example(prompt, answer, reference, meta)
+    JsonlSource(path, prompt_field, answer_field, reference_field, seed)   # .jsonl or .parquet
+    ArithSource(min_ops, max_ops, seed)                                     # the built-in task
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+
+@dataclass
+class Example:
+    prompt: Union[str, list]   # a string, or chat messages [{"role", "content"}]
+    answer: Any
+    reference: Optional[str] = None
+    meta: dict = field(default_factory=dict)
+
+
+def _check_prompt(prompt, where: str):
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise ValueError(f"{where}: empty prompt")
+        return
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt):
+        return
+    raise ValueError(f"{where}: prompt must be a non-empty string or a list of "
+                     "{{'role': str, 'content': str}} messages")
+
+
+def _read_rows(path: str) -> list[tuple[str, dict]]:
+    """[(where, row)] from a .jsonl or .parquet file; `where` names the line or row."""
+    if not os.path.isfile(path):
+        raise ValueError(f"dataset: no such file {path}")
+    if path.endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ValueError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+        return [(f"{path} row {i}", r) for i, r in enumerate(pq.read_table(path).to_pylist())]
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object per line")
+            rows.append((f"{path}:{n}", row))
+    return rows
+
+
+class JsonlSource:
+    """Examples from a JSONL (or Parquet) file, reshuffled each epoch by seed."""
+
+    def __init__(self, path: str, prompt_field="prompt", answer_field="answer",
+                 reference_field: Optional[str] = "reference", seed: int = 0):
+        self.examples = []
+        for where, row in _read_rows(path):
+            for name in (prompt_field, answer_field):
+                if name not in row:
+                    raise ValueError(f"{where}: missing field '{name}'")
+            _check_prompt(row[prompt_field], where)
+            ref = row.get(reference_field) if reference_field else None
+            if ref is not None and not isinstance(ref, str):
+                raise ValueError(f"{where}: field '{reference_field}' must be a string")
+            self.examples.append(Example(row[prompt_field], row[answer_field], ref))
+        if not self.examples:
+            raise ValueError(f"{path}: no examples")
+        self.seed = seed
+
+    def batch(self, step: int, n: int) -> list[Example]:
+        """The n examples of training step `step` (0-based): consecutive slices of
+        per-epoch permutations of the dataset."""
+        N = len(self.examples)
+        out = []
+        for i in range(step * n, (step + 1) * n):
+            epoch, pos = divmod(i, N)
+            order = list(range(N))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+            out.append(self.examples[order[pos]])
+        return out
+
+
+class ArithSource:
+    """The built-in +/- chain task (sgpo_engine.tasks), fresh problems per step."""
+
+    def __init__(self, min_ops: int, max_ops: int, seed: int = 0):
+        from .. import tasks
+        self.tasks, self.min_ops, self.max_ops, self.seed = tasks, min_ops, max_ops, seed
+
+    def batch(self, step: int, n: int) -> list[Example]:
+        task = self.tasks.ArithTask(self.min_ops, self.max_ops, seed=self.seed * 1_000_003 + step)
+        return [Example(p.prompt, p.answer, p.reference, {"problem": p, "k": p.k}) for p in task.batch(n)]

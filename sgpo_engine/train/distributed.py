@@ -1,0 +1,49 @@
+"""torchrun support: process group from the environment, rank's share of a
+step's prompts, sums across ranks. One process without torchrun is world 1."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+class Dist:
+    def __init__(self, device: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+        self.device = f"cuda:{self.local_rank}" if device == "cuda" and self.world > 1 else device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def share(self, n: int) -> range:
+        """This rank's contiguous share of n items (ranks differ by at most one)."""
+        base, extra = divmod(n, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return range(start, start + base + (self.rank < extra))
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over ranks (identity for world 1)."""
+        if self.world == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def all_gather_floats(self, values: list[float]) -> list[float]:
+        """Concatenation over ranks, in rank order (lengths may differ)."""
+        if self.world == 1:
+            return list(values)
+        out = [None] * self.world
+        dist.all_gather_object(out, list(values))
+        return [v for part in out for v in part]
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()

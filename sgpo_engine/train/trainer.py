@@ -1,0 +1,382 @@
+"""SGPOTrainer: rollout -> verify -> judge -> SGPO advantages -> fused update.
+
+One `train_step`:
+  prompts of step s (this rank's share) -> G completions each (`rollout`)
+  -> verifier marks correct answers -> the judge scores the incorrect ones in
+  scope (RTS) -> `group_advantages` -> for each of mu epochs: micro-batches of
+  decoder hidden states -> `fused_policy_loss` -> backward (accumulated) ->
+  clip grad norm -> AdamW step -> metrics, and a checkpoint every save_every.
+
+Every random choice of step s derives from (seed, s): the prompts, each
+prompt's sampling stream and the micro-batch order. So a run resumed from a
+checkpoint retraces the uninterrupted run exactly, and a prompt's rollout is
+the same on whichever rank it lands.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import time
+from typing import Callable, Optional
+
+import torch
+
+from .. import ops
+from ..generation import generate
+from ..generation.rng import mix_seeds
+from ..judge import sgpo_rewards
+from ..progress import Progress
+from . import checkpoint as ckpt
+from .config import BUILTIN, TrainConfig, to_toml
+from .data import ArithSource, Example, JsonlSource
+from .distributed import Dist
+from .metrics import MetricsWriter
+from .rollout import LocalRollout, OpenAIRollout
+
+_POS = (1 << 63) - 1  # generator seeds must be non-negative
+
+
+class SGPOTrainer:
+    """Trains `policy` with SGPO (or plain GRPO with scope="off").
+
+    Anything not given is built from the config: the policy (`model`), the
+    prompt source (`dataset`), the verifier(response_text, answer) -> bool,
+    the judge (an object with .judge(problems, responses, references)), the
+    rollout (a callable (examples, seeds) -> completions per example).
+    """
+
+    def __init__(self, config: TrainConfig, policy=None, source=None,
+                 verifier: Optional[Callable] = None, judge=None, rollout=None):
+        self.cfg = cfg = config.validate()
+        self.dist = Dist(cfg.device)
+        self.device = torch.device(self.dist.device)
+        torch.manual_seed(cfg.seed)
+        self.builtin = cfg.dataset == BUILTIN
+        self.policy = policy if policy is not None else self._load_policy()
+        self.policy.to(self.device)
+        self.policy.decoder.gradient_checkpointing = cfg.gradient_checkpointing
+        self.source = source or (ArithSource(cfg.task_min_ops, cfg.task_max_ops, cfg.seed) if self.builtin
+                                 else JsonlSource(cfg.dataset, cfg.prompt_field, cfg.answer_field,
+                                                  cfg.reference_field, cfg.seed))
+        self.verifier = verifier or self._default_verifier()
+        self.judge = judge if judge is not None else self._default_judge()
+        self.rollout = rollout or (OpenAIRollout(self.policy, cfg) if cfg.rollout == "openai"
+                                   else LocalRollout(self.policy, cfg))
+        self.ref_policy = self._frozen_copy() if cfg.beta > 0 else None
+        self.model = self.policy.decoder
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(self.policy.decoder)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        if cfg.resume:
+            self._resume()
+        self.metrics = None
+        if self.dist.main:
+            os.makedirs(cfg.output, exist_ok=True)
+            with open(os.path.join(cfg.output, "config.toml"), "w") as f:
+                f.write(to_toml(cfg))
+            self.metrics = MetricsWriter(cfg.output, cfg.tensorboard, resume_step=self.step)
+
+    # ------------------------------------------------------------------ setup
+    def _load_policy(self):
+        from ..model import load
+        if self.cfg.model == BUILTIN:
+            from ..tasks import load_warm_start
+            return load_warm_start(dtype=self.cfg.dtype)
+        return load(self.cfg.model, dtype=self.cfg.dtype)
+
+    def _default_verifier(self):
+        if self.builtin:
+            from ..tasks import verify
+            return verify
+        from ..judge import verify
+        return verify
+
+    def _default_judge(self):
+        cfg = self.cfg
+        if cfg.judge == "none" or cfg.scope == "off":
+            return None
+        if cfg.judge == "builtin":
+            from ..tasks import make_judge
+            return make_judge()
+        if cfg.judge == "http":
+            from ..judge import HTTPJudge
+            return HTTPJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env,
+                             concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
+                             step_mode=cfg.step_mode)
+        from ..judge import LocalJudge
+        return LocalJudge(self.policy, step_mode=cfg.step_mode)
+
+    def _frozen_copy(self):
+        ref = copy.copy(self.policy)
+        ref.decoder = copy.deepcopy(self.policy.decoder).eval().requires_grad_(False)
+        return ref
+
+    def _lr_factor(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> Optional[str]:
+        """Writes OUTPUT/checkpoint-STEP (rank 0) and prunes old ones."""
+        path = None
+        if self.dist.main:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "config": to_toml(self.cfg)}
+            path = ckpt.save_checkpoint(self.cfg.output, self.step, self.policy, state, self.cfg.keep_checkpoints)
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+        return path
+
+    def _resume(self):
+        path = ckpt.latest_checkpoint(self.cfg.output)
+        if path is None:
+            return  # nothing to resume: a fresh run
+        from ..model import load
+        saved = load(path, dtype=self.policy.dtype)
+        self.policy.decoder.load_state_dict(saved.decoder.state_dict())
+        state = ckpt.load_trainer_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        ckpt.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> list[dict]:
+        cfg = self.cfg
+        bar = Progress(cfg.max_steps, "train", cfg.progress if cfg.progress is not None else None)
+        bar.done = self.step
+        history = []
+        try:
+            while self.step < cfg.max_steps:
+                m = self.train_step()
+                history.append(m)
+                bar.update(1, loss=m["loss"], acc=m["accuracy"], neg=m["all_negative_frac"])
+                if self.step % cfg.save_every == 0 or self.step == cfg.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+            if self.metrics:
+                self.metrics.close()
+        return history
+
+    def train_step(self) -> dict:
+        cfg, s = self.cfg, self.step
+        t_start = time.perf_counter()
+        examples = self.source.batch(s, cfg.prompts_per_step)
+        share = self.dist.share(len(examples))
+        mine = [examples[i] for i in share]
+        seeds = mix_seeds(mix_seeds(cfg.seed, s), torch.tensor(list(share))).tolist()
+
+        t0 = time.perf_counter()
+        groups = self.rollout(mine, seeds) if mine else []
+        t_rollout = time.perf_counter() - t0
+
+        rew = self._rewards(mine, groups)
+        t1 = time.perf_counter()
+        batch = self._batch(mine, groups, rew)
+        update = self._update(batch)
+        t_update = time.perf_counter() - t1
+        self.step += 1
+        metrics = self._metrics(mine, groups, rew, batch, update, t_rollout, t_update,
+                                time.perf_counter() - t_start)
+        if self.builtin and cfg.eval_every and self.step % cfg.eval_every == 0:
+            metrics.update(self.evaluate())
+        if self.metrics:
+            self.metrics.write(metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ rewards
+    def _rewards(self, examples: list[Example], groups) -> dict:
+        """Verifier + judge (in scope) -> group_advantages, for this rank's groups."""
+        cfg = self.cfg
+        if not examples:
+            return {}
+        problems = [e.prompt if isinstance(e.prompt, str) else e.prompt[-1]["content"] for e in examples]
+        refs = [e.reference for e in examples]
+        out = sgpo_rewards(problems, groups, [e.answer for e in examples], self.judge, references=refs,
+                           scope=cfg.scope, correct_reward=cfg.correct_reward,
+                           incorrect_reward=cfg.incorrect_reward, verifier=self.verifier)
+        adv = ops.group_advantages(out.rewards, group_offsets=out.group_offsets, correct=out.correct,
+                                   rts=out.rts, scope=cfg.scope, credit=cfg.credit, beta=cfg.credit_beta,
+                                   gamma=cfg.credit_gamma, credit_scale=cfg.credit_scale, scale=cfg.adv_scale,
+                                   eps=cfg.adv_eps)
+        sizes = out.group_offsets.diff()
+        group_neg = adv.all_negative.repeat_interleave(sizes)
+        scope_ok = torch.ones_like(group_neg) if cfg.scope == "all_incorrect" else group_neg
+        credited = ~out.correct & ~torch.isnan(out.rts) & scope_ok & (cfg.scope != "off")
+        keep = torch.ones_like(out.correct)
+        if cfg.filter_zero_std_groups:
+            keep = (adv.group_std > 0).repeat_interleave(sizes)
+        return {"sgpo": out, "adv": adv, "credited": credited, "keep": keep}
+
+    # ------------------------------------------------------------------ update
+    def _batch(self, examples, groups, rew) -> dict:
+        """Right-padded training tensors of the kept completions:
+        input_ids, targets [N, T] int64, mask [N, T] float (1 = completion token),
+        advantages [N], old_logp [N, T] (the sampler's, or None to recompute)."""
+        seqs, advs, olds = [], [], []
+        flat = [c for g in groups for c in g]
+        if flat:
+            adv = rew["adv"].advantages.tolist()
+            keep = rew["keep"].tolist()
+            for i, c in enumerate(flat):
+                if keep[i] and c.token_ids:
+                    seqs.append((c.prompt_ids, c.token_ids))
+                    advs.append(adv[i])
+                    olds.append(c.logprobs)
+        N = len(seqs)
+        T = max((len(p) + len(t) - 1 for p, t in seqs), default=1)
+        input_ids = torch.zeros(N, T, dtype=torch.int64)
+        targets = torch.zeros(N, T, dtype=torch.int64)
+        mask = torch.zeros(N, T)
+        old = torch.zeros(N, T)
+        have_old = all(o is not None for o in olds) and not self.cfg.recompute_old_logp
+        for i, (p, t) in enumerate(seqs):
+            ids = p + t
+            L = len(ids) - 1
+            input_ids[i, :L] = torch.tensor(ids[:-1])
+            targets[i, :L] = torch.tensor(ids[1:])
+            mask[i, len(p) - 1:L] = 1.0  # positions whose target is a completion token
+            if have_old:
+                old[i, len(p) - 1:L] = torch.tensor(olds[i], dtype=torch.float32)
+        dev = self.device
+        return {"input_ids": input_ids.to(dev), "targets": targets.to(dev), "mask": mask.to(dev),
+                "advantages": torch.tensor(advs, dtype=torch.float32, device=dev),
+                "old_logp": old.to(dev) if have_old else None, "n": N}
+
+    def _hidden(self, model, input_ids):
+        return model(input_ids)  # [b, T, H]
+
+    @torch.no_grad()
+    def _logprobs(self, policy, input_ids, targets):
+        hidden = policy.hidden_states(input_ids)
+        return ops.fused_logprobs(hidden, policy.lm_head_weight, targets, temperature=self.cfg.temperature)
+
+    def _update(self, batch) -> dict:
+        cfg, dist = self.cfg, self.dist
+        n = batch["n"]
+        n_global, tok_global = dist.sum([float(n), float(batch["mask"].sum())])
+        stats = {"loss": 0.0, "clip_ratio_low": 0.0, "clip_ratio_high": 0.0, "kl_mean": 0.0, "grad_norm": 0.0,
+                 "tokens": 0.0}
+        if n_global == 0:
+            return stats  # nothing to learn from (all groups filtered)
+        self.model.train()
+        micro = [torch.arange(i, min(i + cfg.micro_batch_size, n)) for i in range(0, n, cfg.micro_batch_size)]
+        if batch["old_logp"] is None:  # external rollouts or recompute_old_logp: the rollout policy now
+            batch["old_logp"] = torch.zeros_like(batch["mask"])
+            for idx in micro:
+                batch["old_logp"][idx] = self._logprobs(self.policy, batch["input_ids"][idx], batch["targets"][idx])
+        ref_logp = None
+        if self.ref_policy is not None:
+            ref_logp = torch.zeros_like(batch["mask"])
+            for idx in micro:
+                ref_logp[idx] = self._logprobs(self.ref_policy, batch["input_ids"][idx], batch["targets"][idx])
+        # Each micro-batch contributes its exact share of the global loss: token-
+        # normalized losses divide by the global token count, sequence-normalized
+        # ones scale by their share of sequences. x world undoes DDP's averaging.
+        token_norm = cfg.loss_type in ("dapo", "bnpo")
+        loss_type = "dapo" if token_norm else cfg.loss_type
+        weights = [0.0, 0.0, 0.0]
+        for epoch in range(cfg.mu):
+            gen = torch.Generator().manual_seed(int(mix_seeds(mix_seeds(cfg.seed, self.step), 1000 + epoch)) & _POS)
+            order = torch.randperm(n, generator=gen).to(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            for j, idx in enumerate(micro):
+                rows = order[idx.to(self.device)]
+                sync = j == len(micro) - 1 or dist.world == 1
+                ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+                with ctx:
+                    hidden = self._hidden(self.model, batch["input_ids"][rows])
+                    loss, met = ops.fused_policy_loss(
+                        hidden, self.policy.lm_head_weight, batch["targets"][rows], batch["mask"][rows],
+                        batch["advantages"][rows], old_logp=batch["old_logp"][rows],
+                        ref_logp=None if ref_logp is None else ref_logp[rows], beta=cfg.beta,
+                        eps_low=cfg.eps_low, eps_high=cfg.eps_high, delta=cfg.delta, loss_type=loss_type,
+                        importance_sampling_level=cfg.importance_sampling_level, temperature=cfg.temperature,
+                        max_completion_length=cfg.max_new_tokens,
+                        num_items_in_batch=tok_global if token_norm else None)
+                    share = 1.0 if token_norm else len(rows) / n_global
+                    (loss * (share * dist.world)).backward()
+                if epoch == cfg.mu - 1:
+                    t = float(batch["mask"][rows].sum())
+                    stats["loss"] += float(loss.detach()) * share
+                    for k in ("clip_ratio_low", "clip_ratio_high", "kl_mean"):
+                        if k in met:
+                            stats[k] += float(met[k]) * t
+                    stats["tokens"] += t
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            self.optimizer.step()
+            stats["grad_norm"] = float(norm)
+        self.scheduler.step()
+        total = dist.sum([stats["loss"], stats["clip_ratio_low"], stats["clip_ratio_high"], stats["kl_mean"]])
+        stats["loss"] = total[0]
+        for k, v in zip(("clip_ratio_low", "clip_ratio_high", "kl_mean"), total[1:]):
+            stats[k] = v / max(tok_global, 1.0)
+        if self.ref_policy is None:
+            stats["kl_mean"] = float("nan")
+        return stats
+
+    # ------------------------------------------------------------------ metrics
+    def _metrics(self, examples, groups, rew, batch, update, t_rollout, t_update, t_step) -> dict:
+        flat = [c for g in groups for c in g]
+        local = [0.0] * 12
+        if flat:
+            out, adv = rew["sgpo"], rew["adv"]
+            judged = ~torch.isnan(out.rts)
+            local = [len(flat), float(out.correct.sum()), float(out.rewards.sum()), float(adv.rewards.sum()),
+                     float(adv.all_negative.sum()), float(len(examples)), float(rew["credited"].sum()),
+                     float(out.rts[judged].sum()), float(judged.sum()), float(out.failed),
+                     float(sum(len(c.token_ids) for c in flat)), 0.0]
+        g = self.dist.sum(local)
+        t_roll, t_upd = max(self.dist.all_gather_floats([t_rollout])), max(self.dist.all_gather_floats([t_update]))
+        n = max(g[0], 1.0)
+        m = {
+            "step": self.step, "loss": update["loss"],
+            "reward_mean": g[2] / n, "sgpo_reward_mean": g[3] / n, "accuracy": g[1] / n,
+            "all_negative_frac": g[4] / max(g[5], 1.0), "credited_frac": g[6] / n,
+            "rts_mean": g[7] / g[8] if g[8] else float("nan"), "judge_failures": int(g[9]),
+            "clip_ratio_low": update["clip_ratio_low"], "clip_ratio_high": update["clip_ratio_high"],
+            "kl_mean": update["kl_mean"], "grad_norm": update["grad_norm"],
+            "lr": self.scheduler.get_last_lr()[0],
+            "response_len_mean": g[10] / n,
+            "rollout_tokens_per_s": g[10] / max(t_roll, 1e-9),
+            "train_tokens_per_s": self.dist.sum([float(batch["input_ids"].numel())])[0] / max(t_upd, 1e-9),
+            "step_seconds": t_step,
+        }
+        if self.builtin:
+            m.update(self._task_metrics(examples, groups))
+        return m
+
+    def _task_metrics(self, examples, groups) -> dict:
+        """Anti-gaming view of the built-in task: premature answers and the
+        correct-prefix share (mean RTS of all responses) beside accuracy."""
+        from ..tasks import correct_prefix, premature_answer
+        vals = [0.0, 0.0, 0.0]
+        for e, g in zip(examples, groups):
+            for c in g:
+                vals[0] += premature_answer(c.text, e.meta["problem"])
+                vals[1] += correct_prefix(c.text, e.meta["problem"])
+                vals[2] += 1
+        tot = self.dist.sum(vals)
+        return {"premature_answer_frac": tot[0] / max(tot[2], 1), "correct_prefix_frac": tot[1] / max(tot[2], 1)}
+
+    def evaluate(self, n: Optional[int] = None) -> dict:
+        """Held-out greedy accuracy per k of the built-in task (rank 0 computes)."""
+        from ..tasks import evaluate
+        ks = range(self.cfg.task_min_ops, self.cfg.task_max_ops + 1)
+        res = evaluate(self.policy, ks=ks, n=n or self.cfg.eval_problems) if self.dist.main else {}
+        flat = {f"eval_{k}_{name}": v for k, d in res.items() for name, v in d.items()}
+        if flat:
+            flat["eval_accuracy"] = sum(d["accuracy"] for d in res.values()) / len(res)
+        return flat
