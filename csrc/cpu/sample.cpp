@@ -7,6 +7,7 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <cmath>
 #include <vector>
 
@@ -48,6 +49,18 @@ double sum(const T* b, const T* e) {
   return s;
 }
 
+// Sum of a row of weights, 8 lanes at a time (fp32 partial sums of values
+// in [0, 1], ample for a log-normalizer reported in fp32).
+SGPO_CPU_CLONES double row_sum(const float* e, int64_t V) {
+  const int64_t Vv = V - V % kLanes;
+  v8f acc = splat(0.f);
+  for (int64_t j = 0; j < Vv; j += kLanes) acc += load8(e + j);
+  double s = hsum(acc);
+  for (int64_t j = Vv; j < V; ++j) s += e[j];
+  return s;
+}
+double row_sum(const double* e, int64_t V) { return sum(e, e + V); }
+
 // The smallest value of the shortest descending prefix of v[0..n) whose sum
 // reaches `target` (n > 0). Partitions v in place: a quickselect that keeps
 // the mass of everything already known to rank above the current range.
@@ -79,6 +92,87 @@ T mass_threshold(T* v, int64_t n, double target) {
   return smallest;  // rounding: the whole set is needed
 }
 
+// fp32 rows narrow every selection with a histogram first: the bucket of a
+// weight e in [0, 1] is its exponent and top 3 mantissa bits, so buckets are
+// ordered like the weights. One pass bins counts (or masses), a walk from the
+// top bucket finds the one holding the cut, and only that bucket's elements
+// are selected exactly: ~2 sweeps of V instead of a partition-heavy
+// quickselect over all of it (the decode loop samples every step).
+constexpr int kBucketShift = 20;
+constexpr int kBuckets = 1 << (31 - kBucketShift);
+inline int bucket_of(float e) { return int(weight_key(e) >> kBucketShift); }
+
+template <typename acc>
+struct Scratch {
+  std::vector<int64_t> count = std::vector<int64_t>(kBuckets);
+  std::vector<double> mass = std::vector<double>(kBuckets);
+  std::vector<acc> work;
+};
+
+// The k-th largest weight (1 <= k <= V).
+float kth_largest(const float* e, int64_t V, int64_t k, Scratch<float>& s) {
+  std::fill(s.count.begin(), s.count.end(), 0);
+  for (int64_t v = 0; v < V; ++v) ++s.count[bucket_of(e[v])];
+  int64_t above = 0;
+  int b = kBuckets - 1;
+  for (; b > 0 && above + s.count[b] < k; --b) above += s.count[b];
+  s.work.clear();
+  for (int64_t v = 0; v < V; ++v)
+    if (bucket_of(e[v]) == b) s.work.push_back(e[v]);
+  const int64_t r = k - above - 1;  // rank inside the bucket
+  std::nth_element(s.work.begin(), s.work.begin() + r, s.work.end(), std::greater<float>());
+  return s.work[r];
+}
+
+// The top-p cut among the weights >= floor: see mass_threshold.
+float mass_cut(const float* e, int64_t V, float floor, double top_p, Scratch<float>& s) {
+  std::fill(s.mass.begin(), s.mass.end(), 0.0);
+  double kept = 0;
+  for (int64_t v = 0; v < V; ++v)
+    if (e[v] >= floor) s.mass[bucket_of(e[v])] += e[v];
+  for (double m : s.mass) kept += m;
+  const double target = top_p * kept;
+  double above = 0;
+  int b = kBuckets - 1;
+  for (; b > 0 && above + s.mass[b] < target; --b) above += s.mass[b];
+  s.work.clear();
+  for (int64_t v = 0; v < V; ++v)
+    if (e[v] >= floor && bucket_of(e[v]) == b) s.work.push_back(e[v]);
+  if (s.work.empty()) return floor;  // rounding left nothing to cut: keep all above the floor
+  return mass_threshold(s.work.data(), int64_t(s.work.size()), target - above);
+}
+
+// The cut of common/sampling.h: the largest of the top-k, top-p and min-p cuts.
+template <typename acc>
+acc filter_cut(std::vector<acc>& e, const SampleParams<acc>& p, Scratch<acc>& s) {
+  const int64_t V = int64_t(e.size());
+  acc cut = acc(0);
+  if constexpr (std::is_same_v<acc, float>) {
+    if (top_k_active(p, V)) cut = kth_largest(e.data(), V, p.top_k, s);
+    if (top_p_active(p)) cut = max_(cut, mass_cut(e.data(), V, cut, double(p.top_p), s));
+  } else {  // fp64 (the tests' precision): plain selection
+    if (top_k_active(p, V)) {
+      s.work.assign(e.begin(), e.end());
+      std::nth_element(s.work.begin(), s.work.begin() + (p.top_k - 1), s.work.end(), std::greater<acc>());
+      cut = s.work[p.top_k - 1];
+    }
+    if (top_p_active(p)) {
+      s.work.clear();
+      for (acc x : e)
+        if (x >= cut) s.work.push_back(x);
+      const double mass = sum(s.work.data(), s.work.data() + s.work.size());
+      cut = max_(cut, mass_threshold(s.work.data(), int64_t(s.work.size()), double(p.top_p) * mass));
+    }
+  }
+  if (p.min_p > acc(0)) {
+    // Against the computed max weight (1 up to rounding), so the most likely
+    // token survives any min_p <= 1.
+    const acc e_max = *std::max_element(e.begin(), e.end());
+    cut = std::min(max_(cut, min_p_cut(p, e_max)), e_max);
+  }
+  return cut;
+}
+
 template <typename scalar_t>
 void sample_typed(const at::Tensor& logits, const double* temperature, const int64_t* top_k, const double* top_p,
                   const double* min_p, const double* uniform, int64_t* tokens, acc_t<scalar_t>* logprobs) {
@@ -86,7 +180,8 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
   const int64_t B = logits.size(0), V = logits.size(1);
   const scalar_t* base = logits.data_ptr<scalar_t>();
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> e(V), work;
+    std::vector<acc> e(V);
+    Scratch<acc> scratch;
     for (int64_t b = begin; b < end; ++b) {
       const scalar_t* z = base + b * V;
       const SampleParams<acc> p{acc(temperature[b]), top_k[b], acc(top_p[b]), acc(min_p[b])};
@@ -94,34 +189,19 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
         const int64_t tok = std::max_element(z, z + V, [](scalar_t x, scalar_t y) { return acc(x) < acc(y); }) - z;
         const acc m = row_weights(z, V, acc(1), e.data());
         tokens[b] = tok;
-        logprobs[b] = acc(z[tok]) - m - std::log(acc(sum(e.data(), e.data() + V)));
+        logprobs[b] = acc(z[tok]) - m - acc(std::log(row_sum(e.data(), V)));
         continue;
       }
       const acc inv_temp = acc(1) / p.temperature;
       const acc m = row_weights(z, V, inv_temp, e.data());
-      const double total = sum(e.data(), e.data() + V);
-      acc cut = acc(0);
-      if (top_k_active(p, V)) {
-        work.assign(e.begin(), e.end());
-        std::nth_element(work.begin(), work.begin() + (p.top_k - 1), work.end(), std::greater<acc>());
-        cut = work[p.top_k - 1];
-      }
-      if (top_p_active(p)) {
-        work.clear();
+      const double total = row_sum(e.data(), V);
+      const acc cut = filter_cut(e, p, scratch);
+      double kept = total;  // no filter: everything is kept
+      if (cut > acc(0)) {
+        kept = 0;
         for (acc x : e)
-          if (x >= cut) work.push_back(x);
-        const double mass = sum(work.data(), work.data() + work.size());
-        cut = max_(cut, mass_threshold(work.data(), int64_t(work.size()), double(p.top_p) * mass));
+          if (x >= cut) kept += x;
       }
-      if (p.min_p > acc(0)) {
-        // Against the computed max weight (1 up to rounding), so the most
-        // likely token survives any min_p <= 1.
-        const acc e_max = *std::max_element(e.begin(), e.end());
-        cut = std::min(max_(cut, min_p_cut(p, e_max)), e_max);
-      }
-      double kept = 0;
-      for (acc x : e)
-        if (x >= cut) kept += x;
       const double goal = uniform[b] * kept;
       int64_t tok = -1;
       double run = 0;
