@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include "ops.h"
 
@@ -206,5 +207,17 @@ struct OpEntries {
                                          temperature, chunk_size, grad_hidden, grad_weight, grad_bias);
   }
 };
+
+// Registers every op for one backend (called from TORCH_LIBRARY_IMPL blocks).
+template <typename BE>
+void register_backend(torch::Library& m) {
+  using Ops = OpEntries<BE>;
+  m.impl("group_advantages", &Ops::group_advantages);
+  m.impl("sample", &Ops::sample);
+  m.impl("decode_attention", &Ops::decode_attention);
+  m.impl("fused_policy_loss", &Ops::fused_policy_loss);
+  m.impl("fused_logprobs", &Ops::fused_logprobs);
+  m.impl("fused_logprobs_backward", &Ops::fused_logprobs_backward);
+}
 
 }  // namespace sgpo

@@ -49,14 +49,6 @@ struct CpuBackend {
   static constexpr auto decode_attention = &sgpo::decode_attention_cpu;
   static const sgpo::LMHeadBackend& lm_head() { return sgpo::kCpuLMHead; }
 };
-using Ops = sgpo::OpEntries<CpuBackend>;
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sgpo, CPU, m) {
-  m.impl("group_advantages", &Ops::group_advantages);
-  m.impl("sample", &Ops::sample);
-  m.impl("decode_attention", &Ops::decode_attention);
-  m.impl("fused_policy_loss", &Ops::fused_policy_loss);
-  m.impl("fused_logprobs", &Ops::fused_logprobs);
-  m.impl("fused_logprobs_backward", &Ops::fused_logprobs_backward);
-}
+TORCH_LIBRARY_IMPL(sgpo, CPU, m) { sgpo::register_backend<CpuBackend>(m); }

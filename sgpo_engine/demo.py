@@ -56,7 +56,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     warm = load_warm_start()
     t0 = time.perf_counter()
     start_eval = evaluate(warm, ks=ks, n=prof["eval_n"])
-    _log(f"warm start held-out greedy accuracy: " +
+    _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
     runs: dict = {m: {} for m in METHODS}
     for seed in range(n_seeds):

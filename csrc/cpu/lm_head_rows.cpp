@@ -31,14 +31,7 @@ struct RowLSE {
 template <typename scalar_t>
 SGPO_CPU_CLONES RowLSE<float> row_lse(const scalar_t* z, int64_t V, float inv_temp, bool want_sx) {
   const int64_t Vv = V - V % kLanes;
-  v8f vmax = splat(-INFINITY);
-  for (int64_t j = 0; j < Vv; j += kLanes) {
-    const v8f x = load8(z + j);
-    vmax = x > vmax ? x : vmax;
-  }
-  float zmax = hmax(vmax);
-  for (int64_t j = Vv; j < V; ++j) zmax = std::max(zmax, float(z[j]));
-  const float m = zmax * inv_temp;  // inv_temp > 0 keeps the argmax
+  const float m = row_max(z, V) * inv_temp;  // inv_temp > 0 keeps the argmax
   v8f vs = splat(0.f), vsx = splat(0.f);
   for (int64_t j = 0; j < Vv; j += kLanes) {
     const v8f x = load8(z + j) * inv_temp;

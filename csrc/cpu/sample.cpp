@@ -22,14 +22,7 @@ namespace {
 template <typename scalar_t>
 SGPO_CPU_CLONES float row_weights(const scalar_t* z, int64_t V, float inv_temp, float* e) {
   const int64_t Vv = V - V % kLanes;
-  v8f vmax = splat(-INFINITY);
-  for (int64_t j = 0; j < Vv; j += kLanes) {
-    const v8f x = load8(z + j);
-    vmax = x > vmax ? x : vmax;
-  }
-  float zmax = hmax(vmax);
-  for (int64_t j = Vv; j < V; ++j) zmax = std::max(zmax, float(z[j]));
-  const float m = zmax * inv_temp;
+  const float m = row_max(z, V) * inv_temp;
   for (int64_t j = 0; j < Vv; j += kLanes) store8(e + j, vexp(load8(z + j) * inv_temp - m));
   for (int64_t j = Vv; j < V; ++j) e[j] = std::exp(float(z[j]) * inv_temp - m);
   return m;

@@ -84,4 +84,18 @@ SGPO_VINLINE void store8(c10::Half* p, v8f v) {
   for (int i = 0; i < kLanes; ++i) p[i] = c10::Half(v[i]);
 }
 
+// max of z[0..V) as fp32 (inlined into the callers' SIMD clones).
+template <typename scalar_t>
+SGPO_VINLINE float row_max(const scalar_t* z, int64_t V) {
+  const int64_t Vv = V - V % kLanes;
+  v8f vmax = splat(-INFINITY);
+  for (int64_t j = 0; j < Vv; j += kLanes) {
+    const v8f x = load8(z + j);
+    vmax = x > vmax ? x : vmax;
+  }
+  float m = hmax(vmax);
+  for (int64_t j = Vv; j < V; ++j) m = float(z[j]) > m ? float(z[j]) : m;
+  return m;
+}
+
 }  // namespace sgpo::cpu

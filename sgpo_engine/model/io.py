@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import uuid
-from typing import Optional
 
 import torch
 
@@ -22,6 +21,7 @@ from .config import ModelConfig, dtype_name, parse_dtype
 from .decoder import Decoder
 from .policy import Policy
 from .tokenizer import Tokenizer
+from .files import fsync_dir, read_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -150,19 +150,6 @@ def _read_tensors(plan: dict[str, tuple[str, str]], dtype: torch.dtype, device) 
     return out
 
 
-def _read_json(file: str) -> Optional[dict]:
-    if not os.path.isfile(file):
-        return None
-    try:
-        with open(file, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{file}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{file}: expected a JSON object")
-    return d
-
-
 def load(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = True) -> Policy:
     """Loads a Hugging Face-format folder into a Policy.
 
@@ -191,7 +178,7 @@ def load(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = Tru
     tok = None
     if tokenizer and os.path.isfile(os.path.join(path, "tokenizer.json")):
         tok = Tokenizer.from_folder(path)
-    gen = _read_json(os.path.join(path, "generation_config.json"))
+    gen = read_json(os.path.join(path, "generation_config.json"))
     return Policy(config, decoder, tok, gen)
 
 
@@ -244,20 +231,7 @@ def _fsync_tree(folder: str) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems do not fsync directories
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
 
 
 def _write_checkpoint(policy: Policy, folder: str, max_shard_size: int) -> None:
@@ -316,7 +290,7 @@ def save(policy: Policy, path: str | os.PathLike, max_shard_size: int | str = DE
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(parent)
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,20 +14,9 @@ from typing import Any, Iterable, Mapping, Optional
 
 import tokenizers
 
+from .files import read_json
+
 _SPECIAL_ATTRS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
-
-
-def _read_json(path: str) -> Optional[dict]:
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-    return d
 
 
 def _token_str(value: Any) -> Optional[str]:
@@ -92,19 +81,19 @@ class Tokenizer:
             tok = tokenizers.Tokenizer.from_file(tj)
         except Exception as e:  # tokenizers raises a bare Exception on bad files
             raise ValueError(f"{tj}: cannot read tokenizer ({e})") from None
-        tcfg = _read_json(os.path.join(path, "tokenizer_config.json")) or {}
+        tcfg = read_json(os.path.join(path, "tokenizer_config.json")) or {}
         if "added_tokens_decoder" not in tcfg:
             # older checkpoints keep the named special tokens in special_tokens_map.json,
             # which transformers then reads over tokenizer_config.json
-            stm = _read_json(os.path.join(path, "special_tokens_map.json")) or {}
+            stm = read_json(os.path.join(path, "special_tokens_map.json")) or {}
             tcfg = {**tcfg, **{k: v for k, v in stm.items() if k in _SPECIAL_ATTRS and _token_str(v)}}
         template = None
         jinja = os.path.join(path, "chat_template.jinja")
         if os.path.isfile(jinja):
             with open(jinja, encoding="utf-8") as f:
                 template = f.read()
-        gen = _read_json(os.path.join(path, "generation_config.json")) or {}
-        model_cfg = _read_json(os.path.join(path, "config.json")) or {}
+        gen = read_json(os.path.join(path, "generation_config.json")) or {}
+        model_cfg = read_json(os.path.join(path, "config.json")) or {}
         eos = _eos_list(gen.get("eos_token_id"))
         fallback = {k: model_cfg.get(k) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
         for k in ("bos_token_id", "pad_token_id"):

@@ -16,6 +16,8 @@ import shutil
 import numpy as np
 import torch
 
+from ..model.files import fsync_dir
+
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -41,11 +43,11 @@ def save_checkpoint(output: str, step: int, policy, trainer_state: dict, keep: i
     state_tmp = os.path.join(tmp, STATE_FILE + ".tmp")
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, state_tmp)
     os.replace(state_tmp, os.path.join(tmp, STATE_FILE))
-    _fsync_dir(tmp)
+    fsync_dir(tmp)
     if os.path.exists(final):  # re-saving a step (e.g. after a resume): replace it whole
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(output)
+    fsync_dir(output)
     for old in list_checkpoints(output)[:-keep]:
         shutil.rmtree(old[1], ignore_errors=True)
     return final
@@ -75,14 +77,3 @@ def load_trainer_state(path: str) -> dict:
         return torch.load(file, map_location="cpu", weights_only=False)
     except Exception as e:  # a checkpoint the rename protocol says is complete, yet unreadable
         raise ValueError(f"{file}: cannot read the trainer state ({e})") from None
-
-
-def _fsync_dir(path: str):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -24,7 +24,6 @@ from typing import Callable, Optional
 import torch
 
 from .. import ops
-from ..generation import generate
 from ..generation.rng import mix_seeds
 from ..judge import sgpo_rewards
 from ..progress import Progress
@@ -269,7 +268,11 @@ class SGPOTrainer:
         n_global, tok_global = dist.sum([float(n), float(batch["mask"].sum())])
         stats = {"loss": 0.0, "clip_ratio_low": 0.0, "clip_ratio_high": 0.0, "kl_mean": 0.0, "grad_norm": 0.0,
                  "tokens": 0.0}
+        stats["lr"] = self.scheduler.get_last_lr()[0]  # the lr this update uses
+        if self.ref_policy is None:
+            stats["kl_mean"] = float("nan")
         if n_global == 0:
+            self.scheduler.step()  # the schedule follows the step count, updates or not
             return stats  # nothing to learn from (all groups filtered)
         self.model.train()
         micro = [torch.arange(i, min(i + cfg.micro_batch_size, n)) for i in range(0, n, cfg.micro_batch_size)]
@@ -287,11 +290,12 @@ class SGPOTrainer:
         # ones scale by their share of sequences. x world undoes DDP's averaging.
         token_norm = cfg.loss_type in ("dapo", "bnpo")
         loss_type = "dapo" if token_norm else cfg.loss_type
-        weights = [0.0, 0.0, 0.0]
         for epoch in range(cfg.mu):
             gen = torch.Generator().manual_seed(int(mix_seeds(mix_seeds(cfg.seed, self.step), 1000 + epoch)) & _POS)
             order = torch.randperm(n, generator=gen).to(self.device)
             self.optimizer.zero_grad(set_to_none=True)
+            if not micro and dist.world > 1:
+                self._empty_backward()  # this rank has no sequences; the others still all-reduce
             for j, idx in enumerate(micro):
                 rows = order[idx.to(self.device)]
                 sync = j == len(micro) - 1 or dist.world == 1
@@ -315,7 +319,9 @@ class SGPOTrainer:
                         if k in met:
                             stats[k] += float(met[k]) * t
                     stats["tokens"] += t
-            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+            # max_grad_norm 0 means no clipping (as in transformers), not zeroed gradients
+            norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                  cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             self.optimizer.step()
             stats["grad_norm"] = float(norm)
         self.scheduler.step()
@@ -326,6 +332,13 @@ class SGPOTrainer:
         if self.ref_policy is None:
             stats["kl_mean"] = float("nan")
         return stats
+
+    def _empty_backward(self):
+        """A zero-loss backward through the DDP model and the LM head: every
+        parameter gets a zero gradient and this rank joins the gradient
+        all-reduce of a step in which it has nothing to train on."""
+        hidden = self.model(torch.zeros(1, 1, dtype=torch.int64, device=self.device))  # [1, 1, H]
+        (hidden.sum() * 0.0 + self.policy.lm_head_weight.sum() * 0.0).backward()
 
     # ------------------------------------------------------------------ metrics
     def _metrics(self, examples, groups, rew, batch, update, t_rollout, t_update, t_step) -> dict:
@@ -348,7 +361,7 @@ class SGPOTrainer:
             "rts_mean": g[7] / g[8] if g[8] else float("nan"), "judge_failures": int(g[9]),
             "clip_ratio_low": update["clip_ratio_low"], "clip_ratio_high": update["clip_ratio_high"],
             "kl_mean": update["kl_mean"], "grad_norm": update["grad_norm"],
-            "lr": self.scheduler.get_last_lr()[0],
+            "lr": update["lr"],
             "response_len_mean": g[10] / n,
             "rollout_tokens_per_s": g[10] / max(t_roll, 1e-9),
             "train_tokens_per_s": self.dist.sum([float(batch["input_ids"].numel())])[0] / max(t_upd, 1e-9),
@@ -364,6 +377,8 @@ class SGPOTrainer:
         from ..tasks import correct_prefix, premature_answer
         vals = [0.0, 0.0, 0.0]
         for e, g in zip(examples, groups):
+            if "problem" not in e.meta:  # a custom source's example (config dataset left at builtin)
+                continue
             for c in g:
                 vals[0] += premature_answer(c.text, e.meta["problem"])
                 vals[1] += correct_prefix(c.text, e.meta["problem"])
