@@ -48,7 +48,8 @@ def _generate(args, _overrides) -> int:
 
 def _demo(args, overrides) -> int:
     from .demo import run_demo
-    run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides)
+    run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
+             jobs=args.jobs)
     return 0
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a 2-minute smoke version (CI)")
     d.add_argument("--full", action="store_true", help="the longer, more seeds version")
     d.add_argument("--seeds", type=int, default=None)
+    d.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
     d.set_defaults(func=_demo, overrides_ok=True)
 
     from . import serve

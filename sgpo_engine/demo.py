@@ -1,8 +1,10 @@
 """`sgpo demo`: GRPO vs SGPO from the same warm start on the built-in task.
 
 Both methods train with identical settings (only `scope` differs: "off" is
-plain GRPO, "all_negative" is SGPO) over several seeds, on hard chains (8-10
-operations) where most groups are all-negative at the warm start. Writes
+plain GRPO, "all_negative" is SGPO) over several seeds, on the hardest chains
+the warm start has seen (6-8 operations), where about half the groups are
+all-negative at the start. Runs go in parallel, one process and one torch
+thread each (tiny models do not scale across threads). Writes
 
     OUTPUT/results.json   per method and seed: per-step accuracy, all-negative
                           fraction, credited fraction, reward, correct prefix;
@@ -15,7 +17,9 @@ beat GRPO in a setting, the table says so.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -30,7 +34,7 @@ from .train.config import apply_overrides
 METHODS = {"grpo": "off", "sgpo": "all_negative"}
 
 # The shared training settings of both arms (DESIGN.md section 6, regime B).
-BASE = dict(task_min_ops=8, task_max_ops=10, prompts_per_step=16, num_samples=8, max_new_tokens=96,
+BASE = dict(task_min_ops=6, task_max_ops=8, prompts_per_step=16, num_samples=8, max_new_tokens=80,
             temperature=1.0, lr=1e-4, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
 PROFILES = {
@@ -46,40 +50,48 @@ def _log(msg: str):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _run_arm(method: str, seed: int, base: dict, overrides: list, output: str, ks: list, eval_n: int) -> dict:
+    """One training run from the warm start (a worker process)."""
+    from .tasks import evaluate, load_warm_start
+    torch.set_num_threads(1)
+    cfg = TrainConfig(**{**base, "save_every": base["max_steps"], "scope": METHODS[method], "seed": seed,
+                         "output": os.path.join(output, f"{method}-seed{seed}"), "progress": False})
+    cfg = apply_overrides(cfg, overrides)
+    cfg.scope, cfg.seed = METHODS[method], seed  # the two arms differ in scope only
+    _log(f"[{method} seed {seed}] {cfg.max_steps} steps of {cfg.prompts_per_step} prompts x "
+         f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}")
+    t = time.perf_counter()
+    trainer = SGPOTrainer(cfg, policy=load_warm_start())
+    history = trainer.train()
+    end_eval = evaluate(trainer.policy, ks=ks, n=eval_n)
+    _log(f"[{method} seed {seed}] held-out accuracy {_mean_acc(end_eval):.3f} ({time.perf_counter() - t:.0f} s)")
+    return {"steps": {c: [h.get(c) for h in history] for c in CURVES}, "heldout_end": end_eval,
+            "heldout_end_accuracy": _mean_acc(end_eval), "train_seconds": time.perf_counter() - t}
+
+
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
-             overrides: Sequence[str] = ()) -> dict:
+             overrides: Sequence[str] = (), jobs: Optional[int] = None) -> dict:
     from .tasks import evaluate, load_warm_start
     prof = PROFILES["quick" if quick else "full" if full else "default"]
     n_seeds = seeds or prof["seeds"]
-    ks = list(range(BASE["task_min_ops"], BASE["task_max_ops"] + 1))
+    base = {**BASE, **prof["base"], "max_steps": prof["steps"]}
+    ks = list(range(base["task_min_ops"], base["task_max_ops"] + 1))
     os.makedirs(output, exist_ok=True)
-    warm = load_warm_start()
     t0 = time.perf_counter()
-    start_eval = evaluate(warm, ks=ks, n=prof["eval_n"])
+    start_eval = evaluate(load_warm_start(), ks=ks, n=prof["eval_n"])
     _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
+    arms = [(m, s) for s in range(n_seeds) for m in METHODS]
+    jobs = jobs or min(len(arms), os.cpu_count() or 1)
     runs: dict = {m: {} for m in METHODS}
-    for seed in range(n_seeds):
-        for method, scope in METHODS.items():
-            cfg = TrainConfig(**{**BASE, **prof["base"], "max_steps": prof["steps"], "save_every": prof["steps"],
-                                 "scope": scope, "seed": seed, "output": os.path.join(output, f"{method}-seed{seed}")})
-            cfg = apply_overrides(cfg, list(overrides))
-            cfg.scope, cfg.seed = scope, seed  # the two arms differ in scope only
-            _log(f"[{method} seed {seed}] {cfg.max_steps} steps of {cfg.prompts_per_step} prompts x "
-                 f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}")
-            trainer = SGPOTrainer(cfg, policy=load_warm_start())
-            t = time.perf_counter()
-            history = trainer.train()
-            end_eval = evaluate(trainer.policy, ks=ks, n=prof["eval_n"])
-            runs[method][str(seed)] = {
-                "steps": {c: [h.get(c) for h in history] for c in CURVES},
-                "heldout_end": end_eval,
-                "heldout_end_accuracy": _mean_acc(end_eval),
-                "train_seconds": time.perf_counter() - t,
-            }
-            _log(f"[{method} seed {seed}] held-out accuracy {_mean_acc(end_eval):.3f} "
-                 f"({time.perf_counter() - t:.0f} s)")
-    results = {"settings": {**BASE, **prof["base"], "steps": prof["steps"], "seeds": n_seeds,
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_run_arm, m, s, base, list(overrides), output, ks, prof["eval_n"]): (m, s)
+                   for m, s in arms}
+        for fut in concurrent.futures.as_completed(futures):
+            m, s = futures[fut]
+            runs[m][str(s)] = fut.result()
+    runs = {m: dict(sorted(r.items())) for m, r in runs.items()}
+    results = {"settings": {**base, "steps": prof["steps"], "seeds": n_seeds,
                             "eval_problems_per_k": prof["eval_n"], "ks": ks, "overrides": list(overrides)},
                "heldout_start": start_eval, "heldout_start_accuracy": _mean_acc(start_eval),
                "runs": runs, "summary": _summary(runs), "seconds": time.perf_counter() - t0}
