@@ -20,6 +20,9 @@ from ..model.files import fsync_dir
 
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
+# temporaries of save_checkpoint (.checkpoint-N.tmp) and of the model save inside
+# it (..checkpoint-N.tmp.tmp-TAG / .old-TAG): debris when a run was killed mid-save
+_TEMP = re.compile(r"^\.\.?checkpoint-\d+\.tmp")
 
 
 def rng_state() -> dict:
@@ -50,6 +53,9 @@ def save_checkpoint(output: str, step: int, policy, trainer_state: dict, keep: i
     fsync_dir(output)
     for old in list_checkpoints(output)[:-keep]:
         shutil.rmtree(old[1], ignore_errors=True)
+    for name in os.listdir(output):  # what a killed save left behind (never read by --resume)
+        if _TEMP.match(name):
+            shutil.rmtree(os.path.join(output, name), ignore_errors=True)
     return final
 
 

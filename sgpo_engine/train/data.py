@@ -35,7 +35,7 @@ def _check_prompt(prompt, where: str):
             for m in prompt):
         return
     raise ValueError(f"{where}: prompt must be a non-empty string or a list of "
-                     "{{'role': str, 'content': str}} messages")
+                     "{'role': str, 'content': str} messages")
 
 
 def _read_rows(path: str) -> list[tuple[str, dict]]:
@@ -74,6 +74,8 @@ class JsonlSource:
                 if name not in row:
                     raise ValueError(f"{where}: missing field '{name}'")
             _check_prompt(row[prompt_field], where)
+            if row[answer_field] is None:
+                raise ValueError(f"{where}: field '{answer_field}' is null")
             ref = row.get(reference_field) if reference_field else None
             if ref is not None and not isinstance(ref, str):
                 raise ValueError(f"{where}: field '{reference_field}' must be a string")

@@ -13,6 +13,8 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1 and device == "cuda":
+            torch.cuda.set_device(self.local_rank)  # NCCL uses the current device
         if self.world > 1 and not dist.is_initialized():
             backend = "nccl" if device.startswith("cuda") else "gloo"
             dist.init_process_group(backend)

@@ -39,8 +39,15 @@ class MetricsWriter:
 def _truncate_after(path: str, step: int):
     if not os.path.exists(path):
         return
+    keep = []
     with open(path, encoding="utf-8") as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # blank, or torn by a crash in the middle of a write
+            if isinstance(row, dict) and row.get("step", 0) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(keep)

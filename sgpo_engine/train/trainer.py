@@ -19,6 +19,7 @@ import copy
 import math
 import os
 import time
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -271,9 +272,11 @@ class SGPOTrainer:
         stats["lr"] = self.scheduler.get_last_lr()[0]  # the lr this update uses
         if self.ref_policy is None:
             stats["kl_mean"] = float("nan")
-        if n_global == 0:
-            self.scheduler.step()  # the schedule follows the step count, updates or not
-            return stats  # nothing to learn from (all groups filtered)
+        if n_global == 0:  # nothing to learn from (all groups filtered)
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+                warnings.simplefilter("ignore", UserWarning)
+                self.scheduler.step()  # the schedule follows the step count, updates or not
+            return stats
         self.model.train()
         micro = [torch.arange(i, min(i + cfg.micro_batch_size, n)) for i in range(0, n, cfg.micro_batch_size)]
         if batch["old_logp"] is None:  # external rollouts or recompute_old_logp: the rollout policy now
