@@ -349,6 +349,14 @@ def decode_attention(q, prefix_k, prefix_v, prefix_len, prefix_of, suffix_k, suf
 # --------------------------------------------------------------------------
 # fake implementations (torch.compile) and autograd
 # --------------------------------------------------------------------------
+def _is_fake(t) -> bool:
+    try:
+        from torch._subclasses.fake_tensor import is_fake
+        return is_fake(t)
+    except ImportError:  # pragma: no cover - older torch
+        return False
+
+
 def _acc(t):
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
@@ -398,7 +406,11 @@ if HAS_EXTENSION:
 
     # fused_policy_loss computes its gradients in the forward pass (the logits
     # are in hand there; a separate backward would redo the largest GEMM), so
-    # the backward only scales them by the incoming gradient of the loss.
+    # the backward only scales them by the incoming gradient of the loss. With
+    # loss.backward() that gradient is 1: the saved gradients are returned as
+    # they are, and since autograd frees saved tensors right after this node
+    # runs, .grad adopts them without a copy (a copy would double the op's
+    # peak memory). With retain_graph, autograd copies them instead.
     def _policy_loss_setup(ctx, inputs, output):
         _, metrics, logp, gh, gw, gb = output
         ctx.mark_non_differentiable(metrics, logp)
@@ -406,12 +418,13 @@ if HAS_EXTENSION:
         ctx.has_bias = inputs[2] is not None
 
     def _policy_loss_backward(ctx, g_loss, *_unused):
-        gh, gw, gb = ctx.saved_tensors
-        scale = lambda grad: grad * g_loss.to(grad.dtype) if grad.numel() else None
-        grads = [None] * 21
-        grads[0], grads[1] = scale(gh), scale(gw)
-        grads[2] = scale(gb) if ctx.has_bias else None
-        return tuple(grads)
+        grads = ctx.saved_tensors
+        unit = not _is_fake(g_loss) and bool(g_loss == 1)  # traced: no data-dependent branch
+        out = [None] * 21
+        for i, grad in enumerate(grads):
+            if grad.numel() and (i < 2 or ctx.has_bias):
+                out[i] = grad if unit else grad * g_loss.to(grad.dtype)
+        return tuple(out)
 
     torch.library.register_autograd("sgpo::fused_policy_loss", _policy_loss_backward,
                                     setup_context=_policy_loss_setup)
