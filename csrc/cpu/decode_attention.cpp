@@ -19,9 +19,9 @@
 namespace sgpo::cpu {
 namespace {
 
-// q . k over D (D % 8 == 0 uses 8 lanes; q is already fp32).
+// q . k over D (8 lanes when D % 8 == 0; q is already fp32 and scaled).
 template <typename scalar_t>
-SGPO_CPU_CLONES float dot(const float* q, const scalar_t* k, int64_t D) {
+SGPO_VINLINE float dot(const float* q, const scalar_t* k, int64_t D) {
   float s = 0.f;
   int64_t j = 0;
   if (D % kLanes == 0) {
@@ -32,16 +32,49 @@ SGPO_CPU_CLONES float dot(const float* q, const scalar_t* k, int64_t D) {
   for (; j < D; ++j) s += q[j] * float(k[j]);
   return s;
 }
-double dot(const double* q, const double* k, int64_t D) {
+inline double dot(const double* q, const double* k, int64_t D) {
   double s = 0;
   for (int64_t j = 0; j < D; ++j) s += q[j] * k[j];
   return s;
 }
 
 // out += p * v over D.
-template <typename acc, typename scalar_t>
-void axpy(acc* out, acc p, const scalar_t* v, int64_t D) {
-  for (int64_t j = 0; j < D; ++j) out[j] += p * acc(v[j]);
+template <typename scalar_t>
+SGPO_VINLINE void axpy(float* out, float p, const scalar_t* v, int64_t D) {
+  int64_t j = 0;
+  if (D % kLanes == 0)
+    for (; j < D; j += kLanes) store8(out + j, load8(out + j) + load8(v + j) * p);
+  for (; j < D; ++j) out[j] += p * float(v[j]);
+}
+inline void axpy(double* out, double p, const double* v, int64_t D) {
+  for (int64_t j = 0; j < D; ++j) out[j] += p * v[j];
+}
+
+// One query head against its visible keys: the prefix positions [lo_p, np)
+// then the suffix positions [lo_s, ns). Two passes (scores, then the
+// softmax-weighted values) over keys that stay in cache between them.
+// q: [D] scaled query; scores: scratch of np + ns; out: [D] accumulator.
+template <typename scalar_t, typename acc>
+SGPO_CPU_CLONES void attend(const acc* q, const scalar_t* kp, const scalar_t* vp, int64_t lo_p, int64_t np,
+                            const scalar_t* ks, const scalar_t* vs, int64_t lo_s, int64_t ns, int64_t D,
+                            acc* scores, acc* out) {
+  acc m = -INFINITY;
+  for (int64_t t = lo_p; t < np; ++t) m = std::max(m, scores[t] = dot(q, kp + t * D, D));
+  for (int64_t t = lo_s; t < ns; ++t) m = std::max(m, scores[np + t] = dot(q, ks + t * D, D));
+  std::fill(out, out + D, acc(0));
+  acc sum = 0;
+  for (int64_t t = lo_p; t < np; ++t) {
+    const acc p = std::exp(scores[t] - m);
+    sum += p;
+    axpy(out, p, vp + t * D, D);
+  }
+  for (int64_t t = lo_s; t < ns; ++t) {
+    const acc p = std::exp(scores[np + t] - m);
+    sum += p;
+    axpy(out, p, vs + t * D, D);
+  }
+  const acc inv = sum > acc(0) ? acc(1) / sum : acc(0);  // no keys: zeros, never NaN
+  for (int64_t j = 0; j < D; ++j) out[j] *= inv;
 }
 
 template <typename scalar_t>
@@ -75,20 +108,9 @@ void decode_attention_typed(const DecodeAttnArgs& a, at::Tensor& out) {
         const int64_t hq = h * group + g;
         const scalar_t* qrow = q + (s * Hq + hq) * D;
         for (int64_t j = 0; j < D; ++j) qf[j] = acc(qrow[j]) * scale;
-        acc m = -INFINITY;
-        for (int64_t t = lo_p; t < np; ++t) m = std::max(m, scores[t] = dot(qf.data(), kp + t * D, D));
-        for (int64_t t = lo_s; t < ns; ++t) m = std::max(m, scores[np + t] = dot(qf.data(), ks + t * D, D));
-        std::fill(accum.begin(), accum.end(), acc(0));
-        acc sum = 0;
-        for (int64_t t = 0; t < np + ns; ++t) {
-          if (t < np ? t < lo_p : t - np < lo_s) continue;
-          const acc p = std::exp(scores[t] - m);
-          sum += p;
-          axpy(accum.data(), p, t < np ? vp + t * D : vs + (t - np) * D, D);
-        }
+        attend(qf.data(), kp, vp, lo_p, np, ks, vs, lo_s, ns, D, scores.data(), accum.data());
         scalar_t* orow = o + (s * Hq + hq) * D;
-        const acc inv = sum > acc(0) ? acc(1) / sum : acc(0);  // no keys: zeros, never NaN
-        for (int64_t j = 0; j < D; ++j) orow[j] = scalar_t(accum[j] * inv);
+        for (int64_t j = 0; j < D; ++j) orow[j] = scalar_t(accum[j]);
       }
     }
   });

@@ -86,12 +86,12 @@ T mass_threshold(T* v, int64_t n, double target) {
 }
 
 // fp32 rows narrow every selection with a histogram first: the bucket of a
-// weight e in [0, 1] is its exponent and top 3 mantissa bits, so buckets are
+// weight e in [0, 1] is its exponent and top 5 mantissa bits, so buckets are
 // ordered like the weights. One pass bins counts (or masses), a walk from the
 // top bucket finds the one holding the cut, and only that bucket's elements
 // are selected exactly: ~2 sweeps of V instead of a partition-heavy
 // quickselect over all of it (the decode loop samples every step).
-constexpr int kBucketShift = 20;
+constexpr int kBucketShift = 18;
 constexpr int kBuckets = 1 << (31 - kBucketShift);
 inline int bucket_of(float e) { return int(weight_key(e) >> kBucketShift); }
 
