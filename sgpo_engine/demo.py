@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from .train import SGPOTrainer, TrainConfig
-from .train.config import apply_overrides
+from .train.config import BUILTIN, apply_overrides
 
 METHODS = {"grpo": "off", "sgpo": "all_negative"}
 
@@ -52,7 +52,7 @@ def _log(msg: str):
 
 def _run_arm(method: str, seed: int, base: dict, overrides: list, output: str, ks: list, eval_n: int) -> dict:
     """One training run from the warm start (a worker process)."""
-    from .tasks import evaluate, load_warm_start
+    from .tasks import evaluate
     torch.set_num_threads(1)
     cfg = TrainConfig(**{**base, "save_every": base["max_steps"], "scope": METHODS[method], "seed": seed,
                          "output": os.path.join(output, f"{method}-seed{seed}"), "progress": False})
@@ -61,7 +61,7 @@ def _run_arm(method: str, seed: int, base: dict, overrides: list, output: str, k
     _log(f"[{method} seed {seed}] {cfg.max_steps} steps of {cfg.prompts_per_step} prompts x "
          f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}")
     t = time.perf_counter()
-    trainer = SGPOTrainer(cfg, policy=load_warm_start())
+    trainer = SGPOTrainer(cfg)  # loads cfg.model: the shipped warm start unless overridden
     history = trainer.train()
     end_eval = evaluate(trainer.policy, ks=ks, n=eval_n)
     _log(f"[{method} seed {seed}] held-out accuracy {_mean_acc(end_eval):.3f} ({time.perf_counter() - t:.0f} s)")
@@ -71,14 +71,15 @@ def _run_arm(method: str, seed: int, base: dict, overrides: list, output: str, k
 
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
              overrides: Sequence[str] = (), jobs: Optional[int] = None) -> dict:
-    from .tasks import evaluate, load_warm_start
+    from .tasks import evaluate
     prof = PROFILES["quick" if quick else "full" if full else "default"]
     n_seeds = seeds or prof["seeds"]
     base = {**BASE, **prof["base"], "max_steps": prof["steps"]}
-    ks = list(range(base["task_min_ops"], base["task_max_ops"] + 1))
+    shared = apply_overrides(TrainConfig(**base), list(overrides))  # what both arms train on
+    ks = list(range(shared.task_min_ops, shared.task_max_ops + 1))
     os.makedirs(output, exist_ok=True)
     t0 = time.perf_counter()
-    start_eval = evaluate(load_warm_start(), ks=ks, n=prof["eval_n"])
+    start_eval = evaluate(_load(shared.model), ks=ks, n=prof["eval_n"])
     _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
     arms = [(m, s) for s in range(n_seeds) for m in METHODS]
@@ -91,7 +92,8 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
             m, s = futures[fut]
             runs[m][str(s)] = fut.result()
     runs = {m: dict(sorted(r.items())) for m, r in runs.items()}
-    results = {"settings": {**base, "steps": prof["steps"], "seeds": n_seeds,
+    results = {"settings": {**base, "task_min_ops": shared.task_min_ops, "task_max_ops": shared.task_max_ops,
+                            "model": shared.model, "steps": prof["steps"], "seeds": n_seeds,
                             "eval_problems_per_k": prof["eval_n"], "ks": ks, "overrides": list(overrides)},
                "heldout_start": start_eval, "heldout_start_accuracy": _mean_acc(start_eval),
                "runs": runs, "summary": _summary(runs), "seconds": time.perf_counter() - t0}
@@ -100,6 +102,12 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     print(_table(results))
     print(f"results: {os.path.join(output, 'results.json')}" + (f", plot: {plot}" if plot else ""))
     return results
+
+
+def _load(model: str):
+    from .model import load
+    from .tasks import load_warm_start
+    return load_warm_start() if model == BUILTIN else load(model)
 
 
 def _mean_acc(ev: dict) -> float:
