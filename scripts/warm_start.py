@@ -4,7 +4,7 @@
     PYTHONPATH=. nice -n 10 python scripts/warm_start.py            # -> sgpo_engine/tasks/warm_start/
     PYTHONPATH=. python scripts/warm_start.py --steps 50 --eval-n 20 --output /tmp/ws   # smoke run
 
-Supervised training on worked solutions (k = 1..8 weighted toward k <= 3,
+Supervised training on worked solutions (k = 1..12 weighted toward k <= 3,
 batch 64, AdamW 1e-3, 1000 steps: see sgpo_engine/tasks/warmup.py for why not
 2000), then held-out greedy accuracy per k; writes
 model.safetensors, config.json, generation_config.json, the tokenizer files

@@ -2,7 +2,7 @@
 
 Both methods train with identical settings (only `scope` differs: "off" is
 plain GRPO, "all_negative" is SGPO) over several seeds, on the hardest chains
-the warm start has seen (6-8 operations), where about half the groups are
+the warm start has seen (10-12 operations), where ~60% of the groups are
 all-negative at the start. Runs go in parallel, one process and one torch
 thread each (tiny models do not scale across threads). Writes
 
@@ -34,7 +34,7 @@ from .train.config import BUILTIN, apply_overrides
 METHODS = {"grpo": "off", "sgpo": "all_negative"}
 
 # The shared training settings of both arms (DESIGN.md section 6, regime B).
-BASE = dict(task_min_ops=6, task_max_ops=8, prompts_per_step=16, num_samples=8, max_new_tokens=80,
+BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
             temperature=1.0, lr=1e-4, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
 PROFILES = {

@@ -30,8 +30,8 @@ class TrainConfig:
     answer_field: str = "answer"
     reference_field: str = "reference"   # optional worked solution shown to the judge
     chat_template: bool = False          # apply the tokenizer's chat template to string prompts
-    task_min_ops: int = 8                # builtin:arith difficulty (operations per problem)
-    task_max_ops: int = 10
+    task_min_ops: int = 10               # builtin:arith difficulty (operations per problem)
+    task_max_ops: int = 12
 
     # ---- rollout
     rollout: str = "local"               # local (the engine's generate) | openai (an external server)
@@ -39,7 +39,7 @@ class TrainConfig:
     rollout_model: str = ""
     prompts_per_step: int = 16
     num_samples: int = 8                 # G, responses per prompt
-    max_new_tokens: int = 48
+    max_new_tokens: int = 112
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
