@@ -26,27 +26,23 @@ template <typename T> using acc_t = typename Acc<T>::type;
 
 template <typename T> SGPO_HD T neg_inf() { return -INFINITY; }
 
-template <typename T> SGPO_HD T exp_(T x) {
+// exp_, log_, sqrt_: the CUDA overloads in device code, std:: on the host.
 #ifdef SGPO_DEVICE_CODE
-  return exp(x);
+#define SGPO_MATH_FN(name) \
+  template <typename T>    \
+  SGPO_HD T name##_(T x) { \
+    return name(x);        \
+  }
 #else
-  return std::exp(x);
+#define SGPO_MATH_FN(name) \
+  template <typename T>    \
+  SGPO_HD T name##_(T x) { \
+    return std::name(x);   \
+  }
 #endif
-}
-template <typename T> SGPO_HD T log_(T x) {
-#ifdef SGPO_DEVICE_CODE
-  return log(x);
-#else
-  return std::log(x);
-#endif
-}
-
-template <typename T> SGPO_HD T sqrt_(T x) {
-#ifdef SGPO_DEVICE_CODE
-  return sqrt(x);
-#else
-  return std::sqrt(x);
-#endif
-}
+SGPO_MATH_FN(exp)
+SGPO_MATH_FN(log)
+SGPO_MATH_FN(sqrt)
+#undef SGPO_MATH_FN
 
 }  // namespace sgpo
