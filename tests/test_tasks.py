@@ -243,17 +243,6 @@ def test_untrained_model_generates_and_round_trips(tmp_path):
     assert len(out) == 1 and len(out[0]) == 2 and out[0][0].token_ids == out[0][1].token_ids
 
 
-def test_plain_greedy_loop_matches_generate():
-    from sgpo_engine.generation import generate
-    from sgpo_engine.tasks import new_policy
-    from sgpo_engine.tasks.warmup import greedy_complete
-    policy = new_policy(seed=1).eval()
-    prompts = [p.prompt for p in ArithTask(1, 3, seed=2).batch(6)]
-    plain = greedy_complete(policy, prompts, max_new_tokens=12)
-    engine = [r[0].text for r in generate(policy, prompts, max_new_tokens=12, temperature=0.0)]
-    assert plain == engine
-
-
 # ----------------------------------------------------------------------
 # the shipped warm start
 # ----------------------------------------------------------------------

@@ -126,14 +126,15 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
         u = uniforms(row_seeds[rows.cpu()], step).to(dev)
         tok, lp = ops.sample(logits, uniform=u, **sampling)
         step += 1
-        for r, t, l in zip(rows.tolist(), tok.tolist(), lp.tolist()):
+        live = rows.tolist()
+        for r, t, l in zip(live, tok.tolist(), lp.tolist()):
             tokens[r].append(t)
             logps[r].append(l)
             if rule.hit(tokens[r]):
                 reason[r] = "stop"
             elif len(tokens[r]) >= caps[r]:
                 reason[r] = "length"
-        keep = [i for i, r in enumerate(rows.tolist()) if not reason[r]]
+        keep = [i for i, r in enumerate(live) if not reason[r]]
         bar.update(1, live=len(keep))
         if not keep:
             break

@@ -63,8 +63,8 @@ class PrefillAttention:
 class DecodeAttention:
     def __init__(self, cache: SharedPrefixKVCache, rows: torch.Tensor):
         self.cache, self.rows = cache, rows
-        self.pos = cache.suffix_len[rows] - 1  # [A] where this step's k, v go
-        self.suffix_len = cache.suffix_len[rows]
+        self.suffix_len = cache.suffix_len[rows]  # [A], this step's token included
+        self.pos = self.suffix_len - 1            # [A] where this step's k, v go
         self.prefix_of = cache.prefix_of[rows]
 
     def __call__(self, layer, q, k, v):

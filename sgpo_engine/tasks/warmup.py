@@ -126,82 +126,15 @@ def max_new_tokens_for(k: int) -> int:
     return 9 * k + 8
 
 
-class _GreedyCache:
-    """A minimal KV cache for `greedy_complete`: per layer, the keys and values
-    of every position so far; a prefill is causal, a decode step sees all."""
-
-    def __init__(self, num_layers: int):
-        self.k: list = [None] * num_layers
-        self.v: list = [None] * num_layers
-
-    def __call__(self, layer, q, k, v):  # q [B, Hq, T, D], k/v [B, Hkv, T, D]
-        if self.k[layer] is not None:
-            k = torch.cat([self.k[layer], k], dim=2)
-            v = torch.cat([self.v[layer], v], dim=2)
-        self.k[layer], self.v[layer] = k, v
-        if k.shape[1] != q.shape[1]:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=q.shape[2] > 1)
+def complete_greedy(policy, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+    """Greedy completions of prompt strings (generate at temperature 0)."""
+    from ..generation import generate
+    res = generate(policy, list(prompts), num_samples=1, max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
+    return [r[0].text for r in res]
 
 
 @torch.no_grad()
-def greedy_complete(policy, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions (argmax, stop at EOS) of prompt strings, without the
-    generation engine: prompts of equal token length are decoded together
-    through Policy.hidden_states with a plain KV cache. The same tokens as
-    generate(..., temperature=0) up to ties."""
-    tok = policy.tokenizer
-    eos = set(tok.eos_token_ids)
-    encoded = [tok.encode(p) for p in prompts]
-    out: list = [None] * len(prompts)
-    by_len: dict[int, list[int]] = {}
-    for i, ids in enumerate(encoded):
-        by_len.setdefault(len(ids), []).append(i)
-    weight = policy.lm_head_weight                                                  # [V, H]
-    for L, rows in by_len.items():
-        ids = torch.tensor([encoded[i] for i in rows], device=policy.device)         # [B, L]
-        cache = _GreedyCache(policy.config.num_hidden_layers)
-        hidden = policy.hidden_states(ids, attention=cache)                          # [B, L, H]
-        done = torch.zeros(len(rows), dtype=torch.bool, device=policy.device)
-        new = []
-        for t in range(min(max_new_tokens, policy.config.max_position_embeddings - L)):
-            nxt = (hidden[:, -1] @ weight.T).argmax(-1)                              # [B]
-            new.append(nxt)
-            done |= torch.tensor([int(x) in eos for x in nxt.tolist()], device=policy.device)
-            if bool(done.all()):
-                break
-            pos = torch.full((len(rows), 1), L + t, device=policy.device)
-            hidden = policy.hidden_states(nxt[:, None], positions=pos, attention=cache)  # [B, 1, H]
-        gen = torch.stack(new, 1).tolist() if new else [[] for _ in rows]            # [B, N]
-        for i, seq in zip(rows, gen):
-            cut = next((j for j, x in enumerate(seq) if x in eos), len(seq))
-            out[i] = tok.decode(seq[:cut], skip_special_tokens=True)
-    return out
-
-
-def complete_greedy(policy, prompts: Sequence[str], max_new_tokens: int, use_generate: Optional[bool] = None,
-                    log: Optional[Callable[[str], None]] = None) -> list[str]:
-    """Greedy completions with sgpo_engine.generation.generate (temperature 0);
-    use_generate=None falls back to `greedy_complete` (with a logged warning)
-    when generate fails, False always uses greedy_complete."""
-    if use_generate is not False:
-        try:
-            from ..generation import generate
-            res = generate(policy, list(prompts), num_samples=1, max_new_tokens=max_new_tokens,
-                           temperature=0.0, seed=0)
-            return [r[0].text for r in res]
-        except Exception as e:
-            if use_generate:
-                raise
-            if log:
-                log(f"warning: generate failed ({type(e).__name__}: {e}); using the plain greedy loop")
-    return greedy_complete(policy, prompts, max_new_tokens)
-
-
-@torch.no_grad()
-def evaluate(policy, ks: Sequence[int] = EVAL_KS, n: int = 300, seed: int = 0, batch_size: int = 300,
-             use_generate: Optional[bool] = None, log: Optional[Callable[[str], None]] = None
+def evaluate(policy, ks: Sequence[int] = EVAL_KS, n: int = 300, seed: int = 0, batch_size: int = 300
              ) -> dict[str, dict[str, float]]:
     """Greedy accuracy on n held-out problems per k, with the correct-prefix
     share and the premature-answer rate: {"k4": {"accuracy": ..., ...}, ...}."""
@@ -214,8 +147,7 @@ def evaluate(policy, ks: Sequence[int] = EVAL_KS, n: int = 300, seed: int = 0, b
             texts = []
             for i in range(0, len(problems), batch_size):
                 chunk = problems[i:i + batch_size]
-                texts += complete_greedy(policy, [p.prompt for p in chunk], max_new_tokens_for(k),
-                                         use_generate, log)
+                texts += complete_greedy(policy, [p.prompt for p in chunk], max_new_tokens_for(k))
             out[f"k{k}"] = {
                 "accuracy": sum(verify(t, p) for t, p in zip(texts, problems)) / len(problems),
                 "correct_prefix": sum(correct_prefix(t, p) for t, p in zip(texts, problems)) / len(problems),
@@ -281,7 +213,7 @@ def warm_start(output_dir: Optional[str] = WARM_START_DIR, steps: int = 1000, ba
             window = losses[-log_every:]
             log(f"step {step}/{steps}  loss {sum(window) / len(window):.4f}  {time.time() - t0:.0f}s")
         if eval_every and step % eval_every == 0 and step < steps:
-            quick = evaluate(policy, (4, 6, 8), n=100, seed=0, log=log)
+            quick = evaluate(policy, (4, 6, 8), n=100, seed=0)
             progress.append({"step": step, "seconds": round(time.time() - t0, 1),
                              **{k: v["accuracy"] for k, v in quick.items()}})
             log(f"step {step}: held-out greedy accuracy (100 per k) " +
@@ -309,7 +241,7 @@ def warm_start(output_dir: Optional[str] = WARM_START_DIR, steps: int = 1000, ba
     }
     if eval_n:
         t1 = time.time()
-        info["heldout_greedy"] = evaluate(policy, eval_ks, n=eval_n, seed=0, log=log)
+        info["heldout_greedy"] = evaluate(policy, eval_ks, n=eval_n, seed=0)
         info["eval_seconds"] = round(time.time() - t1, 1)
         log("held-out greedy accuracy: " +
             "  ".join(f"{k} {v['accuracy']:.3f}" for k, v in info["heldout_greedy"].items()))
