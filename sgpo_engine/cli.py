@@ -49,7 +49,7 @@ def _generate(args, _overrides) -> int:
 def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
-             jobs=args.jobs)
+             jobs=args.jobs, sweep=args.sweep)
     return 0
 
 
@@ -79,12 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="one JSON object per completion")
     g.set_defaults(func=_generate, overrides_ok=False)
 
-    d = sub.add_parser("demo", help="GRPO vs SGPO on the built-in multistep task (the embedded default)")
+    d = sub.add_parser("demo", help="GRPO vs SGPO vs SGPO-prefix on the built-in multistep task (the embedded default)")
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a 2-minute smoke version (CI)")
     d.add_argument("--full", action="store_true", help="the longer, more seeds version")
     d.add_argument("--seeds", type=int, default=None)
     d.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
+    d.add_argument("--sweep", action="store_true", help="GRPO alone at each learning rate of the sweep (one seed)")
     d.set_defaults(func=_demo, overrides_ok=True)
 
     from . import serve

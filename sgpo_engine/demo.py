@@ -1,19 +1,28 @@
-"""`sgpo demo`: GRPO vs SGPO from the same warm start on the built-in task.
+"""`sgpo demo`: GRPO vs SGPO vs SGPO with step-level credit, from one warm start.
 
-Both methods train with identical settings (only `scope` differs: "off" is
-plain GRPO, "all_negative" is SGPO) over several seeds, on the hardest chains
-the warm start has seen (10-12 operations), where ~60% of the groups are
-all-negative at the start. Runs go in parallel, one process and one torch
-thread each (tiny models do not scale across threads). Writes
+Three arms train with identical settings except what defines them (`ARMS`):
+plain GRPO (scope "off", at its best learning rate from `sgpo demo --sweep`),
+SGPO as published (sequence-level credit) and SGPO with prefix credit
+(`credit_assignment = "prefix"`: in credited groups the advantage reaches only
+the judged steps, see train/credit.py). The task is the hardest chains the
+warm start has seen (10-12 operations), where most groups start all-negative.
+Runs go in parallel, one process and one torch thread each (tiny models do not
+scale across threads). Writes
 
-    OUTPUT/results.json   per method and seed: per-step accuracy, all-negative
-                          fraction, credited fraction, reward, correct prefix;
-                          held-out greedy accuracy at the start and the end
-    OUTPUT/demo.png       accuracy and all-negative fraction against step
-    OUTPUT/<method>-seed<s>/metrics.jsonl   the raw training metrics
+    OUTPUT/results.json   per arm and seed: per-step training curves, the
+                          held-out greedy accuracy every eval_every steps,
+                          steps to reach GRPO's final held-out accuracy
+    OUTPUT/demo.png       held-out and rollout accuracy, all-negative fraction,
+                          and the anti-gaming view: correct prefix, premature
+                          answers, response length
+    OUTPUT/<arm>-seed<s>/metrics.jsonl   the raw training metrics
 
-and prints a short table. The numbers are what they are: if SGPO does not
+and prints a short table. The numbers are what they are: if an arm does not
 beat GRPO in a setting, the table says so.
+
+`sgpo demo --sweep` trains GRPO alone at each of SWEEP_LRS (one seed) and
+ranks them by rollout accuracy over the last steps (not by the held-out set
+the comparison reports); GRPO_LR below is its pick.
 """
 from __future__ import annotations
 
@@ -31,76 +40,106 @@ import torch
 from .train import SGPOTrainer, TrainConfig
 from .train.config import BUILTIN, apply_overrides
 
-METHODS = {"grpo": "off", "sgpo": "all_negative"}
+# GRPO's learning rate: the best of SWEEP_LRS in `sgpo demo --full --sweep`
+# (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO.
+GRPO_LR = 1e-4
+SWEEP_LRS = (3e-5, 1e-4, 3e-4)
+ARMS = {
+    "grpo": dict(scope="off", lr=GRPO_LR),
+    "sgpo": dict(scope="all_negative"),
+    "sgpo-prefix": dict(scope="all_negative", credit_assignment="prefix"),
+}
 
-# The shared training settings of both arms (DESIGN.md section 6, regime B).
+# The shared training settings of every arm (DESIGN.md section 6, regime B).
 BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
             temperature=1.0, lr=1e-4, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
 PROFILES = {
-    "quick": dict(steps=6, seeds=1, eval_n=20, base=dict(prompts_per_step=4, num_samples=4)),
-    "default": dict(steps=60, seeds=2, eval_n=100, base={}),
-    "full": dict(steps=200, seeds=3, eval_n=300, base={}),
+    "quick": dict(steps=4, seeds=1, eval_n=10, eval_every=2, base=dict(prompts_per_step=4, num_samples=4)),
+    "default": dict(steps=30, seeds=3, eval_n=100, eval_every=10, base={}),
+    "full": dict(steps=100, seeds=3, eval_n=300, eval_every=20, base={}),
 }
 CURVES = ("accuracy", "all_negative_frac", "credited_frac", "reward_mean", "sgpo_reward_mean",
           "correct_prefix_frac", "premature_answer_frac", "response_len_mean", "rts_mean")
+SWEEP_TAIL = 20  # steps of rollout accuracy the sweep ranks by
 
 
 def _log(msg: str):
     print(msg, file=sys.stderr, flush=True)
 
 
-def _run_arm(method: str, seed: int, base: dict, overrides: list, output: str, ks: list, eval_n: int) -> dict:
+def _run_arm(arm: str, settings: dict, seed: int, base: dict, overrides: list, output: str, ks: list,
+             eval_n: int, eval_every: int) -> dict:
     """One training run from the warm start (a worker process)."""
     from .tasks import evaluate
     torch.set_num_threads(1)
-    cfg = TrainConfig(**{**base, "save_every": base["max_steps"], "scope": METHODS[method], "seed": seed,
-                         "output": os.path.join(output, f"{method}-seed{seed}"), "progress": False})
+    cfg = TrainConfig(**{**base, "save_every": base["max_steps"], "seed": seed, "eval_every": eval_every,
+                         "eval_problems": eval_n, "output": os.path.join(output, f"{arm}-seed{seed}"),
+                         "progress": False})
     cfg = apply_overrides(cfg, overrides)
-    cfg.scope, cfg.seed = METHODS[method], seed  # the two arms differ in scope only
-    _log(f"[{method} seed {seed}] {cfg.max_steps} steps of {cfg.prompts_per_step} prompts x "
-         f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}")
+    for k, v in {**settings, "seed": seed}.items():  # the arms differ in their settings only
+        setattr(cfg, k, v)
+    _log(f"[{arm} seed {seed}] {cfg.max_steps} steps of {cfg.prompts_per_step} prompts x "
+         f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}, lr {cfg.lr:g}")
     t = time.perf_counter()
     trainer = SGPOTrainer(cfg)  # loads cfg.model: the shipped warm start unless overridden
     history = trainer.train()
-    end_eval = evaluate(trainer.policy, ks=ks, n=eval_n)
-    _log(f"[{method} seed {seed}] held-out accuracy {_mean_acc(end_eval):.3f} ({time.perf_counter() - t:.0f} s)")
-    return {"steps": {c: [h.get(c) for h in history] for c in CURVES}, "heldout_end": end_eval,
-            "heldout_end_accuracy": _mean_acc(end_eval), "train_seconds": time.perf_counter() - t}
+    evals = [(h["step"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
+    last = history[-1] if history else {}
+    if "eval_accuracy" in last:  # the trainer evaluated at the last step: per k, as evaluate() gives it
+        end_eval = {f"k{k}": {n: last[f"eval_k{k}_{n}"] for n in ("accuracy", "correct_prefix", "premature_answer")}
+                    for k in ks}
+    else:
+        end_eval = evaluate(trainer.policy, ks=ks, n=eval_n)
+        evals.append((trainer.step, _mean_acc(end_eval)))
+    _log(f"[{arm} seed {seed}] held-out accuracy {evals[-1][1]:.3f} ({time.perf_counter() - t:.0f} s)")
+    return {"steps": {c: [h.get(c) for h in history] for c in CURVES}, "heldout": evals,
+            "heldout_end": end_eval, "heldout_end_accuracy": evals[-1][1], "lr": cfg.lr,
+            "train_seconds": time.perf_counter() - t}
 
 
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
-             overrides: Sequence[str] = (), jobs: Optional[int] = None) -> dict:
+             overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False) -> dict:
     from .tasks import evaluate
     prof = PROFILES["quick" if quick else "full" if full else "default"]
-    n_seeds = seeds or prof["seeds"]
+    arms = {f"grpo-lr{lr:g}": dict(scope="off", lr=lr) for lr in SWEEP_LRS} if sweep else ARMS
+    n_seeds = seeds or (1 if sweep else prof["seeds"])
     base = {**BASE, **prof["base"], "max_steps": prof["steps"]}
-    shared = apply_overrides(TrainConfig(**base), list(overrides))  # what both arms train on
+    shared = apply_overrides(TrainConfig(**base), list(overrides))  # what every arm trains on
     ks = list(range(shared.task_min_ops, shared.task_max_ops + 1))
     os.makedirs(output, exist_ok=True)
     t0 = time.perf_counter()
     start_eval = evaluate(_load(shared.model), ks=ks, n=prof["eval_n"])
     _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
-    arms = [(m, s) for s in range(n_seeds) for m in METHODS]
-    jobs = jobs or min(len(arms), os.cpu_count() or 1)
-    runs: dict = {m: {} for m in METHODS}
+    todo = [(a, s) for s in range(n_seeds) for a in arms]
+    jobs = jobs or min(len(todo), os.cpu_count() or 1)
+    runs: dict = {a: {} for a in arms}
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_arm, m, s, base, list(overrides), output, ks, prof["eval_n"]): (m, s)
-                   for m, s in arms}
+        futures = {pool.submit(_run_arm, a, arms[a], s, base, list(overrides), output, ks, prof["eval_n"],
+                               prof["eval_every"]): (a, s) for a, s in todo}
         for fut in concurrent.futures.as_completed(futures):
-            m, s = futures[fut]
-            runs[m][str(s)] = fut.result()
-    runs = {m: dict(sorted(r.items())) for m, r in runs.items()}
+            a, s = futures[fut]
+            runs[a][str(s)] = fut.result()
+    runs = {a: dict(sorted(r.items())) for a, r in runs.items()}
+    start_acc = _mean_acc(start_eval)
+    for by_seed in runs.values():  # every held-out curve starts at the warm start
+        for r in by_seed.values():
+            r["heldout"] = [(0, start_acc)] + [tuple(p) for p in r["heldout"]]
     results = {"settings": {**base, "task_min_ops": shared.task_min_ops, "task_max_ops": shared.task_max_ops,
                             "model": shared.model, "steps": prof["steps"], "seeds": n_seeds,
-                            "eval_problems_per_k": prof["eval_n"], "ks": ks, "overrides": list(overrides)},
-               "heldout_start": start_eval, "heldout_start_accuracy": _mean_acc(start_eval),
-               "runs": runs, "summary": _summary(runs), "seconds": time.perf_counter() - t0}
-    _write_json(os.path.join(output, "results.json"), results)
-    plot = _plot(results, os.path.join(output, "demo.png"))
+                            "eval_problems_per_k": prof["eval_n"], "eval_every": prof["eval_every"], "ks": ks,
+                            "arms": arms, "overrides": list(overrides)},
+               "heldout_start": start_eval, "heldout_start_accuracy": start_acc,
+               "runs": runs, "summary": _summary(runs, baseline=None if sweep else "grpo"),
+               "seconds": time.perf_counter() - t0}
+    if sweep:
+        results["sweep"] = _rank_sweep(runs)
+    name = "sweep" if sweep else "results"
+    _write_json(os.path.join(output, f"{name}.json"), results)
+    plot = _plot(results, os.path.join(output, "sweep.png" if sweep else "demo.png"))
     print(_table(results))
-    print(f"results: {os.path.join(output, 'results.json')}" + (f", plot: {plot}" if plot else ""))
+    print(f"results: {os.path.join(output, name + '.json')}" + (f", plot: {plot}" if plot else ""))
     return results
 
 
@@ -121,36 +160,79 @@ def _mean_std(xs):
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def _summary(runs: dict) -> dict:
+def _steps_to_reach(curve: list, target: float) -> Optional[int]:
+    """The first evaluated step whose held-out accuracy is >= target (None: never)."""
+    return next((step for step, acc in curve if acc >= target - 1e-9), None)
+
+
+def _summary(runs: dict, baseline: Optional[str]) -> dict:
+    """Per arm: held-out accuracy at the end (mean, std over seeds), the
+    training curves' last 10 steps, and the steps each seed took to reach the
+    baseline's final held-out accuracy (its mean over seeds)."""
+    target = None
+    if baseline in runs:
+        target = statistics.fmean(r["heldout_end_accuracy"] for r in runs[baseline].values())
     out = {}
-    for method, by_seed in runs.items():
-        last = lambda c: [r["steps"][c][-1] for r in by_seed.values()]
+    for arm, by_seed in runs.items():
         tail = lambda c: [statistics.fmean([x for x in r["steps"][c][-10:] if x is not None] or [float("nan")])
                           for r in by_seed.values()]
         acc, acc_sd = _mean_std([r["heldout_end_accuracy"] for r in by_seed.values()])
-        out[method] = {"heldout_accuracy_mean": acc, "heldout_accuracy_std": acc_sd,
-                       "train_accuracy_last10": _mean_std(tail("accuracy"))[0],
-                       "all_negative_frac_last10": _mean_std(tail("all_negative_frac"))[0],
-                       "credited_frac_last10": _mean_std(tail("credited_frac"))[0],
-                       "correct_prefix_last10": _mean_std(tail("correct_prefix_frac"))[0],
-                       "premature_answer_last": _mean_std(last("premature_answer_frac"))[0]}
+        out[arm] = {"heldout_accuracy_mean": acc, "heldout_accuracy_std": acc_sd,
+                    "train_accuracy_last10": _mean_std(tail("accuracy"))[0],
+                    "all_negative_frac_last10": _mean_std(tail("all_negative_frac"))[0],
+                    "credited_frac_last10": _mean_std(tail("credited_frac"))[0],
+                    "correct_prefix_last10": _mean_std(tail("correct_prefix_frac"))[0],
+                    "premature_answer_last10": _mean_std(tail("premature_answer_frac"))[0],
+                    "response_len_last10": _mean_std(tail("response_len_mean"))[0]}
+        if target is not None:
+            reach = [_steps_to_reach(r["heldout"], target) for r in by_seed.values()]
+            got = [x for x in reach if x is not None]
+            out[arm].update(target_accuracy=target, steps_to_reach=reach,
+                            steps_to_reach_mean=statistics.fmean(got) if got else None)
     return out
+
+
+def _rank_sweep(runs: dict) -> dict:
+    """The sweep's arms ranked by mean rollout accuracy over the last SWEEP_TAIL
+    steps (training prompts: the held-out set stays out of the choice)."""
+    score = {arm: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
+                                   for r in by_seed.values()) for arm, by_seed in runs.items()}
+    best = max(score, key=score.get)
+    lr = next(iter(runs[best].values()))["lr"]
+    _log(f"sweep: best GRPO learning rate {lr:g} (rollout accuracy, last {SWEEP_TAIL} steps: "
+         + ", ".join(f"{a} {v:.3f}" for a, v in score.items()) + ")")
+    return {"criterion": f"rollout accuracy, mean of the last {SWEEP_TAIL} steps", "scores": score,
+            "best_arm": best, "best_lr": lr}
 
 
 def _table(results: dict) -> str:
     s = results["summary"]
-    rows = [f"{'method':8s} {'held-out acc':>16s} {'train acc':>10s} {'all-neg':>8s} {'credited':>9s} "
-            f"{'prefix':>7s} {'premature':>10s}",
-            f"{'start':8s} {results['heldout_start_accuracy']:16.3f}"]
-    for m, v in s.items():
-        rows.append(f"{m:8s} {v['heldout_accuracy_mean']:9.3f} ± {v['heldout_accuracy_std']:.3f} "
-                    f"{v['train_accuracy_last10']:10.3f} {v['all_negative_frac_last10']:8.2f} "
-                    f"{v['credited_frac_last10']:9.2f} {v['correct_prefix_last10']:7.2f} "
-                    f"{v['premature_answer_last']:10.2f}")
+    w = max(12, *(len(a) for a in s))
+    has_reach = any("steps_to_reach" in v for v in s.values())
+    rows = [f"{'arm':{w}s} {'held-out acc':>15s} {'to reach':>9s} {'train acc':>9s} {'all-neg':>7s} "
+            f"{'credited':>8s} {'prefix':>6s} {'premature':>9s} {'length':>6s}",
+            f"{'warm start':{w}s} {results['heldout_start_accuracy']:15.3f}"]
+    for arm, v in s.items():
+        reach = "-"
+        if has_reach:
+            got = [x for x in v["steps_to_reach"] if x is not None]
+            reach = f"{statistics.fmean(got):.0f} ({len(got)}/{len(v['steps_to_reach'])})" if got else \
+                f"- (0/{len(v['steps_to_reach'])})"
+        rows.append(f"{arm:{w}s} {v['heldout_accuracy_mean']:7.3f} ± {v['heldout_accuracy_std']:.3f} {reach:>9s} "
+                    f"{v['train_accuracy_last10']:9.3f} {v['all_negative_frac_last10']:7.2f} "
+                    f"{v['credited_frac_last10']:8.2f} {v['correct_prefix_last10']:6.2f} "
+                    f"{v['premature_answer_last10']:9.2f} {v['response_len_last10']:6.1f}")
     st = results["settings"]
     rows.append(f"({st['seeds']} seed(s), {st['steps']} steps, k {st['ks'][0]}-{st['ks'][-1]}, held-out: "
-                f"{st['eval_problems_per_k']} problems per k; train columns: mean of the last 10 steps)")
+                f"{st['eval_problems_per_k']} problems per k every {st['eval_every']} steps; 'to reach': mean "
+                f"steps to GRPO's final held-out accuracy over the seeds that reached it; train columns: "
+                f"mean of the last 10 steps)")
     return "\n".join(rows)
+
+
+PANELS = (("heldout", "held-out greedy accuracy"), ("accuracy", "rollout accuracy"),
+          ("all_negative_frac", "all-negative group fraction"), ("correct_prefix_frac", "correct prefix (mean RTS)"),
+          ("premature_answer_frac", "premature answers"), ("response_len_mean", "response length (tokens)"))
 
 
 def _plot(results: dict, path: str) -> Optional[str]:
@@ -161,28 +243,32 @@ def _plot(results: dict, path: str) -> Optional[str]:
     except ImportError:
         _log("matplotlib is not installed: no plot (pip install matplotlib)")
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    colors = {"grpo": "tab:gray", "sgpo": "tab:blue"}
-    for ax, curve, title in ((axes[0], "accuracy", "rollout accuracy"),
-                             (axes[1], "all_negative_frac", "all-negative group fraction")):
-        for method, by_seed in results["runs"].items():
-            series = torch.tensor([[x if x is not None else float("nan") for x in r["steps"][curve]]
-                                   for r in by_seed.values()], dtype=torch.float64)
-            mean = _smooth(series.nanmean(0))
-            steps = range(1, len(mean) + 1)
-            ax.plot(steps, mean, color=colors.get(method), label=method.upper())
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    colors = dict(zip(results["runs"], ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
+    for ax, (curve, title) in zip(axes.flat, PANELS):
+        for arm, by_seed in results["runs"].items():
+            if curve == "heldout":  # evaluated every eval_every steps, the same steps for every seed
+                steps = [p[0] for p in next(iter(by_seed.values()))["heldout"]]
+                series = torch.tensor([[p[1] for p in r["heldout"]] for r in by_seed.values()], dtype=torch.float64)
+                mean, lo, hi = series.mean(0).tolist(), series.min(0).values.tolist(), series.max(0).values.tolist()
+            else:
+                series = torch.tensor([[x if x is not None else float("nan") for x in r["steps"][curve]]
+                                       for r in by_seed.values()], dtype=torch.float64)
+                mean, lo, hi = _smooth(series.nanmean(0)), _smooth(series.min(0).values), _smooth(series.max(0).values)
+                steps = list(range(1, len(mean) + 1))
+            ax.plot(steps, mean, color=colors.get(arm), label=arm, marker="o" if curve == "heldout" else None,
+                    markersize=3)
             if series.shape[0] > 1:
-                lo, hi = _smooth(series.min(0).values), _smooth(series.max(0).values)
-                ax.fill_between(steps, lo, hi, color=colors.get(method), alpha=0.15)
-        ax.set_title(title)
+                ax.fill_between(steps, lo, hi, color=colors.get(arm), alpha=0.15)
+        ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes.flat[0].legend(fontsize=8)
     st = results["settings"]
-    fig.suptitle(f"GRPO vs SGPO from one warm start, k {st['ks'][0]}-{st['ks'][-1]}, "
-                 f"{st['seeds']} seed(s) (band: min-max)")
+    fig.suptitle(f"{' vs '.join(results['runs'])} from one warm start, k {st['ks'][0]}-{st['ks'][-1]}, "
+                 f"{st['seeds']} seed(s) (band: min-max over seeds)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 

@@ -304,6 +304,86 @@ def test_everything_filtered_is_a_no_op_step(tmp_path):
 
 
 # --------------------------------------------------------------------------
+# 2b. credit_assignment = "prefix": the judge's first error bounds the credit
+# --------------------------------------------------------------------------
+def expected_token_advantages(cap, reach_by_text: dict) -> torch.Tensor:
+    """[N, T] from the sequence advantages, each response's advantage on its
+    first reach tokens (all of them unless reach_by_text names it)."""
+    batch, rew = cap["batch"], cap["rew"]
+    adv = rew["adv"].advantages.tolist()
+    N, T = batch["mask"].shape
+    want = torch.zeros(N, T)
+    texts = [t for p in ("1+1=", "2+2=") for t in BATCH[p][1]]
+    for i, text in enumerate(texts):
+        start = int(batch["mask"][i].nonzero()[0])  # where the completion's first token is predicted
+        n = int(batch["mask"][i].sum())
+        want[i, start:start + reach_by_text.get((i, text), n)] = adv[i]
+    return want
+
+
+def test_prefix_credit_by_hand(tmp_path):
+    trainer, cap = hand_trainer(tmp_path, credit_assignment="prefix")
+    m = trainer.train_step()
+    adv = cap["rew"]["adv"].advantages.tolist()
+    assert [a > 0 for a in adv[:4]] == [False, False, True, True]  # credits 0.30, 0.08, 0.92, 0.50
+    got = cap["batch"]["advantages"]
+    assert got.shape == cap["batch"]["mask"].shape
+    reach = {(0, "1+1=2\n9\n#5"): len("1+1=2\n9"),          # negative: through the wrong step "9"
+             (1, "9\n#3"): 1,                              # negative, wrong at step 0
+             (3, "1+1=2\n2+0=2\n9\n#7"): len("1+1=2\n2+0=2\n")}  # positive: the correct prefix only
+    # response 2 ("1+1=2\n#4") has no wrong step and the "2+2=" group is mixed: sequence level
+    torch.testing.assert_close(got, expected_token_advantages(cap, reach), rtol=0, atol=0)
+    assert m["credit_fallbacks"] == 0 and m["grad_norm"] > 0
+
+
+def test_prefix_credit_failed_verdict_keeps_sequence_level(tmp_path):
+    policy = tasks.new_policy(seed=0)
+
+    def fn(problem, steps, reference):
+        if any("2+0" in s for s in steps):
+            raise TimeoutError("judge down")
+        return first_nine(problem, steps, reference)
+
+    cfg = tiny_config(tmp_path / "out", prompts_per_step=2, max_steps=1, micro_batch_size=3,
+                      credit_assignment="prefix")
+    trainer = SGPOTrainer(cfg, policy=policy, source=ListSource(["1+1=", "2+2="]), verifier=verify_suffix,
+                          judge=FunctionJudge(fn, step_mode="line"), rollout=HandRollout(policy))
+    cap = {}
+    make_batch = trainer._batch
+    trainer._batch = lambda e, g, r: cap.update(batch=make_batch(e, g, r), rew=r) or cap["batch"]
+    m = trainer.train_step()
+    assert m["judge_failures"] == 1 and cap["rew"]["credited"].tolist() == [True] * 3 + [False] * 5
+    adv = cap["rew"]["adv"].advantages.tolist()
+    reach = {(0, "1+1=2\n9\n#5"): len("1+1=2\n9") if adv[0] < 0 else len("1+1=2\n"),
+             (1, "9\n#3"): 1 if adv[1] < 0 else 0}
+    torch.testing.assert_close(cap["batch"]["advantages"], expected_token_advantages(cap, reach), rtol=0, atol=0)
+
+
+def test_sequence_credit_is_the_published_sgpo(tmp_path):
+    assert TrainConfig().credit_assignment == "sequence"
+    trainer, cap = hand_trainer(tmp_path / "seq", credit_assignment="sequence")
+    trainer.train_step()
+    assert cap["batch"]["advantages"].shape == (8,)  # one advantage per response, as before
+    # without verdicts (scope off) prefix credit has nothing to bound: the same update exactly
+    runs = []
+    for mode in ("sequence", "prefix"):
+        policy = tasks.new_policy(seed=0)
+        trainer, cap = hand_trainer(tmp_path / mode, policy=policy, scope="off", credit_assignment=mode)
+        runs.append((trainer.train_step(), params(policy)))
+    assert runs[0][0]["loss"] == runs[1][0]["loss"]
+    assert max_diff(runs[0][1], runs[1][1]) == 0.0
+
+
+def test_prefix_credit_needs_a_tokenizer(tmp_path):
+    policy = tasks.new_policy(seed=0)
+    policy.tokenizer = None
+    with pytest.raises(ValueError, match="credit_assignment.*tokenizer"):
+        SGPOTrainer(tiny_config(tmp_path, credit_assignment="prefix"), policy=policy,
+                    source=ListSource(["1+1="]), verifier=verify_suffix,
+                    judge=FunctionJudge(first_nine, step_mode="line"), rollout=lambda e, s: [])
+
+
+# --------------------------------------------------------------------------
 # 3. gradient accumulation is exact
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
@@ -494,6 +574,7 @@ def test_torchrun_rank_without_prompts(tmp_path, reference_run):
     ({"resume": "yes"}, "'resume'"),
     ({"scope": "sometimes"}, "'scope'"),
     ({"loss_type": "ppo"}, "'loss_type'"),
+    ({"credit_assignment": "token"}, "'credit_assignment'"),
     ({"judge": "http"}, "'judge_url'"),
     ({"judge": "http", "judge_url": "http://127.0.0.1:1/v1"}, "'judge_model'"),
     ({"micro_batch_size": 0}, "'micro_batch_size'"),

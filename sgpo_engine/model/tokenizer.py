@@ -143,6 +143,43 @@ class Tokenizer:
         enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
         return enc.ids, [tuple(o) for o in enc.offsets]
 
+    def decode_with_offsets(self, ids: Iterable[int], skip_special_tokens: bool = False,
+                            context: int = 4) -> tuple[str, list[tuple[int, int]]]:
+        """ids -> (text, [(start, end)]): text = decode(ids), and text[start:end]
+        is what token i wrote (the inverse view of encode_with_offsets, for
+        generated ids, which need not be the text's canonical encoding).
+
+        Exact for any tokenizer: each token's text is the difference of two
+        decodes of a short window ending at it (the window gives decoders that
+        strip a leading space or merge bytes their context), checked against
+        the full text. Tokens that only write part of a character (byte-level
+        BPE, byte fallback) share the span of the character they complete;
+        tokens that write nothing (skipped special tokens) get an empty span
+        where they stand. Cost: two small decodes per token."""
+        ids = list(ids)
+        text = self.decode(ids, skip_special_tokens=skip_special_tokens)
+        spans: list[tuple[int, int]] = []
+        done = 0                 # characters of text written by the tokens so far
+        pending: list[int] = []  # tokens whose bytes have not completed a character yet
+        for i in range(len(ids)):
+            lo = max(0, min(i - context, pending[0] if pending else i))
+            before = self.decode(ids[lo:i], skip_special_tokens=skip_special_tokens)
+            after = self.decode(ids[lo:i + 1], skip_special_tokens=skip_special_tokens)
+            piece = after[len(before):] if after.startswith(before) else None
+            if piece is None or not text.startswith(piece, done):
+                # a decoder that rewrites earlier text (clean-up): compare whole prefixes
+                prefix = self.decode(ids[:i + 1], skip_special_tokens=skip_special_tokens)
+                piece = prefix[done:] if text.startswith(prefix) and len(prefix) >= done else None
+            if piece is None or (piece == "" and pending):
+                pending.append(i)  # part of a character: wait for the token that completes it
+                continue
+            start = done
+            done += len(piece)
+            spans += [(start, done)] * len(pending) + [(start, done)]
+            pending = []
+        spans += [(done, len(text))] * len(pending)  # bytes that never completed a character
+        return text, spans
+
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         text = self._tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
         # transformers 5 applies its clean-up only when asked and never to BPE models

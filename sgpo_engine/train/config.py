@@ -66,6 +66,7 @@ class TrainConfig:
     adv_scale: str = "group"             # group | batch | none
     adv_eps: float = 1e-4
     filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
+    credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only, see credit.py)
 
     # ---- loss
     loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
@@ -105,6 +106,7 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
                        scope=("all_negative", "all_incorrect", "off"), credit=("sigmoid", "linear"),
+                       credit_assignment=("sequence", "prefix"),
                        adv_scale=("group", "batch", "none"), loss_type=("grpo", "bnpo", "dapo", "dr_grpo"),
                        importance_sampling_level=("token", "sequence"), lr_schedule=("cosine", "constant"),
                        dtype=("float32", "bfloat16", "float16"))

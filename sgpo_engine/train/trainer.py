@@ -30,6 +30,7 @@ from ..judge import sgpo_rewards
 from ..progress import Progress
 from . import checkpoint as ckpt
 from .config import BUILTIN, TrainConfig, to_toml
+from .credit import prefix_reach, token_advantages
 from .data import ArithSource, Example, JsonlSource
 from .distributed import Dist
 from .metrics import MetricsWriter
@@ -64,6 +65,9 @@ class SGPOTrainer:
         self.judge = judge if judge is not None else self._default_judge()
         self.rollout = rollout or (OpenAIRollout(self.policy, cfg) if cfg.rollout == "openai"
                                    else LocalRollout(self.policy, cfg))
+        if cfg.credit_assignment == "prefix" and self.policy.tokenizer is None:
+            raise ValueError("config field 'credit_assignment': 'prefix' maps the judge's steps to tokens "
+                             "and needs the policy's tokenizer (the model folder has no tokenizer.json)")
         self.ref_policy = self._frozen_copy() if cfg.beta > 0 else None
         self.model = self.policy.decoder
         if self.dist.world > 1:
@@ -224,17 +228,13 @@ class SGPOTrainer:
     def _batch(self, examples, groups, rew) -> dict:
         """Right-padded training tensors of the kept completions:
         input_ids, targets [N, T] int64, mask [N, T] float (1 = completion token),
-        advantages [N], old_logp [N, T] (the sampler's, or None to recompute)."""
-        seqs, advs, olds = [], [], []
+        advantages [N] (credit_assignment "sequence") or [N, T] ("prefix"),
+        old_logp [N, T] (the sampler's, or None to recompute)."""
         flat = [c for g in groups for c in g]
-        if flat:
-            adv = rew["adv"].advantages.tolist()
-            keep = rew["keep"].tolist()
-            for i, c in enumerate(flat):
-                if keep[i] and c.token_ids:
-                    seqs.append((c.prompt_ids, c.token_ids))
-                    advs.append(adv[i])
-                    olds.append(c.logprobs)
+        kept = [i for i, k in enumerate(rew["keep"].tolist()) if k and flat[i].token_ids] if flat else []
+        adv = rew["adv"].advantages[kept] if flat else torch.zeros(0)
+        seqs = [(flat[i].prompt_ids, flat[i].token_ids) for i in kept]
+        olds = [flat[i].logprobs for i in kept]
         N = len(seqs)
         T = max((len(p) + len(t) - 1 for p, t in seqs), default=1)
         input_ids = torch.zeros(N, T, dtype=torch.int64)
@@ -250,10 +250,18 @@ class SGPOTrainer:
             mask[i, len(p) - 1:L] = 1.0  # positions whose target is a completion token
             if have_old:
                 old[i, len(p) - 1:L] = torch.tensor(olds[i], dtype=torch.float32)
+        fallbacks = 0
+        if self.cfg.credit_assignment == "prefix" and N:
+            out = rew["sgpo"]
+            reach, fallbacks = prefix_reach([flat[i] for i in kept], [out.verdicts[i] for i in kept],
+                                            rew["credited"][kept].tolist(), adv.tolist(), self.policy.tokenizer,
+                                            getattr(self.judge, "step_mode", self.cfg.step_mode))
+            starts = torch.tensor([len(p) - 1 for p, _ in seqs])  # where each completion's first token is predicted
+            adv = token_advantages(adv, torch.tensor(reach), starts, T)
         dev = self.device
         return {"input_ids": input_ids.to(dev), "targets": targets.to(dev), "mask": mask.to(dev),
-                "advantages": torch.tensor(advs, dtype=torch.float32, device=dev),
-                "old_logp": old.to(dev) if have_old else None, "n": N}
+                "advantages": adv.to(dev, torch.float32), "old_logp": old.to(dev) if have_old else None, "n": N,
+                "credit_fallbacks": fallbacks}
 
     def _hidden(self, model, input_ids):
         return model(input_ids)  # [b, T, H]
@@ -370,6 +378,8 @@ class SGPOTrainer:
             "train_tokens_per_s": self.dist.sum([float(batch["input_ids"].numel())])[0] / max(t_upd, 1e-9),
             "step_seconds": t_step,
         }
+        if self.cfg.credit_assignment == "prefix":  # judged responses whose steps did not map onto tokens
+            m["credit_fallbacks"] = int(self.dist.sum([float(batch["credit_fallbacks"])])[0])
         if self.builtin:
             m.update(self._task_metrics(examples, groups))
         return m
