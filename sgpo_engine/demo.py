@@ -1,8 +1,8 @@
 """`sgpo demo`: GRPO vs SGPO vs SGPO with step-level credit, from one warm start.
 
-Three arms train with identical settings except what defines them (`ARMS`):
-plain GRPO (scope "off", at its best learning rate from `sgpo demo --sweep`),
-SGPO as published (sequence-level credit) and SGPO with prefix credit
+Three arms train with identical settings except what defines them (`ARMS`),
+at GRPO's best learning rate from `sgpo demo --sweep`: plain GRPO (scope
+"off"), SGPO as published (sequence-level credit) and SGPO with prefix credit
 (`credit_assignment = "prefix"`: in credited groups the advantage reaches only
 the judged steps, see train/credit.py). The task is the hardest chains the
 warm start has seen (10-12 operations), where most groups start all-negative.
@@ -22,7 +22,9 @@ beat GRPO in a setting, the table says so.
 
 `sgpo demo --sweep` trains GRPO alone at each of SWEEP_LRS (one seed) and
 ranks them by rollout accuracy over the last steps (not by the held-out set
-the comparison reports); GRPO_LR below is its pick.
+the comparison reports); GRPO_LR below is its pick. A sweep reuses the runs of
+an earlier sweep.json in the same folder with the same settings, so widening
+SWEEP_LRS only trains the new learning rates.
 """
 from __future__ import annotations
 
@@ -41,18 +43,19 @@ from .train import SGPOTrainer, TrainConfig
 from .train.config import BUILTIN, apply_overrides
 
 # GRPO's learning rate: the best of SWEEP_LRS in `sgpo demo --full --sweep`
-# (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO.
-GRPO_LR = 1e-4
-SWEEP_LRS = (3e-5, 1e-4, 3e-4)
+# (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO. Every arm
+# trains at it: the arms differ in how they assign credit and nothing else.
+GRPO_LR = 3e-5
+SWEEP_LRS = (1e-5, 3e-5, 1e-4, 3e-4)
 ARMS = {
-    "grpo": dict(scope="off", lr=GRPO_LR),
+    "grpo": dict(scope="off"),
     "sgpo": dict(scope="all_negative"),
     "sgpo-prefix": dict(scope="all_negative", credit_assignment="prefix"),
 }
 
 # The shared training settings of every arm (DESIGN.md section 6, regime B).
 BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
-            temperature=1.0, lr=1e-4, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
+            temperature=1.0, lr=GRPO_LR, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
 PROFILES = {
     "quick": dict(steps=4, seeds=1, eval_n=10, eval_every=2, base=dict(prompts_per_step=4, num_samples=4)),
@@ -112,25 +115,25 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     start_eval = evaluate(_load(shared.model), ks=ks, n=prof["eval_n"])
     _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
-    todo = [(a, s) for s in range(n_seeds) for a in arms]
-    jobs = jobs or min(len(todo), os.cpu_count() or 1)
+    start_acc = _mean_acc(start_eval)
+    settings = {**base, "task_min_ops": shared.task_min_ops, "task_max_ops": shared.task_max_ops,
+                "model": shared.model, "steps": prof["steps"], "seeds": n_seeds, "eval_problems_per_k": prof["eval_n"],
+                "eval_every": prof["eval_every"], "ks": ks, "arms": arms, "overrides": list(overrides)}
     runs: dict = {a: {} for a in arms}
+    if sweep:
+        runs = _earlier_sweep_runs(os.path.join(output, "sweep.json"), settings, runs)
+    todo = [(a, s) for s in range(n_seeds) for a in arms if str(s) not in runs[a]]
+    jobs = jobs or max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_run_arm, a, arms[a], s, base, list(overrides), output, ks, prof["eval_n"],
                                prof["eval_every"]): (a, s) for a, s in todo}
         for fut in concurrent.futures.as_completed(futures):
             a, s = futures[fut]
-            runs[a][str(s)] = fut.result()
+            run = fut.result()
+            run["heldout"] = [(0, start_acc)] + [tuple(p) for p in run["heldout"]]  # curves start at the warm start
+            runs[a][str(s)] = run
     runs = {a: dict(sorted(r.items())) for a, r in runs.items()}
-    start_acc = _mean_acc(start_eval)
-    for by_seed in runs.values():  # every held-out curve starts at the warm start
-        for r in by_seed.values():
-            r["heldout"] = [(0, start_acc)] + [tuple(p) for p in r["heldout"]]
-    results = {"settings": {**base, "task_min_ops": shared.task_min_ops, "task_max_ops": shared.task_max_ops,
-                            "model": shared.model, "steps": prof["steps"], "seeds": n_seeds,
-                            "eval_problems_per_k": prof["eval_n"], "eval_every": prof["eval_every"], "ks": ks,
-                            "arms": arms, "overrides": list(overrides)},
-               "heldout_start": start_eval, "heldout_start_accuracy": start_acc,
+    results = {"settings": settings, "heldout_start": start_eval, "heldout_start_accuracy": start_acc,
                "runs": runs, "summary": _summary(runs, baseline=None if sweep else "grpo"),
                "seconds": time.perf_counter() - t0}
     if sweep:
@@ -141,6 +144,22 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     print(_table(results))
     print(f"results: {os.path.join(output, name + '.json')}" + (f", plot: {plot}" if plot else ""))
     return results
+
+
+def _earlier_sweep_runs(path: str, settings: dict, runs: dict) -> dict:
+    """The runs of an earlier sweep at `path` whose settings equal these (the
+    learning rates aside), for the arms this sweep has; `runs` otherwise."""
+    if not os.path.exists(path):
+        return runs
+    with open(path) as f:
+        old = json.load(f)
+    same = lambda st: {k: v for k, v in st.items() if k != "arms"}
+    if same(old["settings"]) != same(json.loads(json.dumps(settings))):
+        _log(f"{path}: another sweep's settings, not reused")
+        return runs
+    kept = {a: dict(old["runs"].get(a, {})) for a in runs}
+    _log(f"{path}: reusing {sum(map(len, kept.values()))} run(s) of an earlier sweep")
+    return kept
 
 
 def _load(model: str):

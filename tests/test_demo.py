@@ -26,7 +26,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
             assert run["heldout"][0][1] == res["heldout_start_accuracy"]
             assert run["heldout"][-1][1] == run["heldout_end_accuracy"]
             assert set(run["heldout_end"]) == {f"k{k}" for k in st["ks"]}
-            assert run["lr"] == (demo.GRPO_LR if arm == "grpo" else st["lr"])
+            assert run["lr"] == st["lr"] == demo.GRPO_LR
             if arm == "grpo":  # scope off: nothing is ever credited
                 assert all(v == 0.0 for v in run["steps"]["credited_frac"])
             assert (out / f"{arm}-seed0" / "metrics.jsonl").exists()
@@ -59,3 +59,9 @@ def test_demo_sweep_ranks_grpo_learning_rates(tmp_path, capsys):
     assert all(r["steps"]["credited_frac"] == [0.0] * res["settings"]["steps"]
                for by_seed in res["runs"].values() for r in by_seed.values())
     assert "best GRPO learning rate" in capsys.readouterr().err
+    # the same sweep again reuses every run; other settings are not mixed in
+    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out)]) == 0
+    assert f"reusing {len(demo.SWEEP_LRS)} run(s)" in capsys.readouterr().err
+    assert json.loads((out / "sweep.json").read_text())["runs"] == res["runs"]
+    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
+    assert "another sweep's settings" in capsys.readouterr().err
