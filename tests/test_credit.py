@@ -10,6 +10,8 @@ special tokens.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 
 import pytest
@@ -189,6 +191,23 @@ def test_response_reach_bpe_matches_brute_force(bpe, text, mode):
         got = bpe.decode(ids[:before], skip_special_tokens=True)
         assert got.strip() == text[:steps[fe][0]].strip()  # exactly the correct steps
         assert steps[fe] != (0, 0) and text[steps[fe][0]:steps[fe][1]] in bpe.decode(ids[:through])
+
+
+def test_response_reach_on_gsm8k_solutions(bpe):
+    """Real model solutions (tests/data, GSM8K), one step per line as a judge
+    splits them: every step as the first error, against whole-prefix decodes."""
+    path = os.path.join(os.path.dirname(__file__), "data", "gsm8k_sample.jsonl")
+    with open(path, encoding="utf-8") as f:
+        texts = [s["solution"] for line in f for s in json.loads(line)["solutions"]][:12]
+    for text in texts:
+        ids = bpe.encode(text, add_special_tokens=False)
+        decoded, spans = bpe.decode_with_offsets(ids)
+        assert decoded == text and all(a <= b for a, b in spans)
+        steps = step_spans(text, "line")
+        for fe in range(len(steps)):
+            before, through = brute_force_bounds(bpe, ids, text, steps[fe])
+            assert response_reach(bpe, ids, text, fe, len(steps), "line", positive=True) == before
+            assert response_reach(bpe, ids, text, fe, len(steps), "line", positive=False) == through
 
 
 def test_response_reach_falls_back_when_text_does_not_map(arith):
