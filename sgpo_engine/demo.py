@@ -153,7 +153,7 @@ def _earlier_sweep_runs(path: str, settings: dict, runs: dict) -> dict:
         return runs
     with open(path) as f:
         old = json.load(f)
-    same = lambda st: {k: v for k, v in st.items() if k != "arms"}
+    same = lambda st: {k: v for k, v in st.items() if k not in ("arms", "lr")}  # each arm sets its lr
     if same(old["settings"]) != same(json.loads(json.dumps(settings))):
         _log(f"{path}: another sweep's settings, not reused")
         return runs
