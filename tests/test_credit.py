@@ -251,3 +251,29 @@ def test_token_advantages_against_loop(N, T):
 def test_split_steps_and_spans_agree():
     text = "café 17+5=22\nnaïve 東京\n\n#19"
     assert split_steps(text, "line") == [text[a:b] for a, b in step_spans(text, "line")]
+
+
+def test_response_reach_on_sampled_ids(tmp_path):
+    """Ids sampled from a random model with a byte-level BPE tokenizer: any
+    sequence at all (split characters, invalid bytes, special tokens, ids the
+    tokenizer lacks), as the trainer meets them. Steps cut at spaces, e and o (many steps)."""
+    import sgpo_engine
+    from sgpo_engine.generation import generate
+    from tiny_models import save_case
+    save_case("llama", str(tmp_path / "m"))
+    policy = sgpo_engine.load(str(tmp_path / "m"))
+    groups = generate(policy, ["Hello world", "17+5="], num_samples=4, max_new_tokens=48, seed=3)
+    mode = "re:[ eo]"
+    checked = 0
+    for c in (c for g in groups for c in g):
+        steps = step_spans(c.text, mode)
+        text, spans = policy.tokenizer.decode_with_offsets(c.token_ids, skip_special_tokens=True)
+        assert text == c.text and len(spans) == len(c.token_ids)
+        assert all(a <= b for a, b in spans)  # ordered (tokens of one character share its span)
+        assert all(a0 <= a1 and b0 <= b1 for (a0, b0), (a1, b1) in zip(spans, spans[1:]))
+        for fe in range(len(steps)):
+            before, through = brute_force_bounds(policy.tokenizer, c.token_ids, c.text, steps[fe])
+            assert response_reach(policy.tokenizer, c.token_ids, c.text, fe, len(steps), mode, True) == before
+            assert response_reach(policy.tokenizer, c.token_ids, c.text, fe, len(steps), mode, False) == through
+            checked += 1
+    assert checked > 20
