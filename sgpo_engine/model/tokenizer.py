@@ -149,35 +149,34 @@ class Tokenizer:
         is what token i wrote (the inverse view of encode_with_offsets, for
         generated ids, which need not be the text's canonical encoding).
 
-        Exact for any tokenizer: each token's text is the difference of two
+        Exact for any tokenizer: what a token writes is the difference of two
         decodes of a short window ending at it (the window gives decoders that
         strip a leading space or merge bytes their context), checked against
         the full text. Tokens that only write part of a character (byte-level
-        BPE, byte fallback) share the span of the character they complete;
-        tokens that write nothing (skipped special tokens) get an empty span
-        where they stand. Cost: two small decodes per token."""
+        BPE, byte fallback) form a group with the token that completes it, and
+        every token of the group spans the group's characters; tokens that
+        write nothing (skipped special tokens) get an empty span where they
+        stand. Cost: two small decodes per token."""
         ids = list(ids)
-        text = self.decode(ids, skip_special_tokens=skip_special_tokens)
+        decode = lambda part: self.decode(part, skip_special_tokens=skip_special_tokens)
+        text = decode(ids)
         spans: list[tuple[int, int]] = []
-        done = 0                 # characters of text written by the tokens so far
-        pending: list[int] = []  # tokens whose bytes have not completed a character yet
+        done = 0    # characters of text written by the tokens before the group
+        first = 0   # the group's first token: the tokens since the last complete character
         for i in range(len(ids)):
-            lo = max(0, min(i - context, pending[0] if pending else i))
-            before = self.decode(ids[lo:i], skip_special_tokens=skip_special_tokens)
-            after = self.decode(ids[lo:i + 1], skip_special_tokens=skip_special_tokens)
+            lo = max(0, first - context)
+            before, after = decode(ids[lo:first]), decode(ids[lo:i + 1])
             piece = after[len(before):] if after.startswith(before) else None
             if piece is None or not text.startswith(piece, done):
                 # a decoder that rewrites earlier text (clean-up): compare whole prefixes
-                prefix = self.decode(ids[:i + 1], skip_special_tokens=skip_special_tokens)
+                prefix = decode(ids[:i + 1])
                 piece = prefix[done:] if text.startswith(prefix) and len(prefix) >= done else None
-            if piece is None or (piece == "" and pending):
-                pending.append(i)  # part of a character: wait for the token that completes it
-                continue
-            start = done
+            if piece is None or (piece == "" and first < i):
+                continue  # inside a character: the group goes on
+            spans += [(done, done + len(piece))] * (i + 1 - first)
             done += len(piece)
-            spans += [(start, done)] * len(pending) + [(start, done)]
-            pending = []
-        spans += [(done, len(text))] * len(pending)  # bytes that never completed a character
+            first = i + 1
+        spans += [(done, len(text))] * (len(ids) - first)  # bytes that never completed a character
         return text, spans
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
