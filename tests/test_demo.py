@@ -48,7 +48,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
 
 def test_demo_sweep_ranks_grpo_learning_rates(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out)]) == 0
+    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert set(res["runs"]) == {f"grpo-lr{lr:g}" for lr in demo.SWEEP_LRS}
     sw = res["sweep"]
@@ -56,12 +56,15 @@ def test_demo_sweep_ranks_grpo_learning_rates(tmp_path, capsys):
               for arm, by_seed in res["runs"].items() for r in by_seed.values()}
     assert sw["scores"] == scores and sw["best_arm"] == max(scores, key=scores.get)
     assert sw["best_lr"] == res["runs"][sw["best_arm"]]["0"]["lr"]
-    assert all(r["steps"]["credited_frac"] == [0.0] * res["settings"]["steps"]
+    assert all(r["steps"]["credited_frac"] == [0.0] * 2
                for by_seed in res["runs"].values() for r in by_seed.values())
     assert "best GRPO learning rate" in capsys.readouterr().err
     # the same sweep again reuses every run; other settings are not mixed in
-    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out)]) == 0
+    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
     assert f"reusing {len(demo.SWEEP_LRS)} run(s)" in capsys.readouterr().err
     assert json.loads((out / "sweep.json").read_text())["runs"] == res["runs"]
-    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
+    empty = {a: {} for a in res["runs"]}
+    path = str(out / "sweep.json")
+    assert demo._earlier_sweep_runs(path, {**res["settings"], "lr": 1.0}, empty) == res["runs"]  # arms set the lr
+    assert demo._earlier_sweep_runs(path, {**res["settings"], "steps": 3}, empty) == empty
     assert "another sweep's settings" in capsys.readouterr().err
