@@ -7,9 +7,10 @@
 characters they wrote. The engine's Tokenizer.decode_with_offsets decodes a
 short window per token (O(n)); the obvious exact alternative decodes every
 prefix of the response (O(n^2)). Both run here, in the same process, on the
-same byte-level BPE responses (GSM8K model solutions from tests/data, repeated
-to length, with tests/tiny_models.py's tokenizer), and must agree on where each
-token ends. Writes bench/results/credit_cpu.json and prints a table.
+same byte-level BPE responses (tests/tiny_models.py's tokenizer): GSM8K model
+solutions from tests/data, and multi-byte text (CJK, emoji, accents) whose
+characters are split across tokens, repeated to length. The two must agree on
+where each token ends. Writes bench/results/credit_cpu.json and prints a table.
 """
 from __future__ import annotations
 
@@ -47,9 +48,17 @@ def prefix_decode_ends(tok: Tokenizer, ids: list[int]) -> list[int]:
     return ends + [len(text)] * pending
 
 
-def responses(tok: Tokenizer, length: int, count: int) -> list[list[int]]:
+# Multi-byte text: with the tests' small byte-level vocabulary most of these
+# characters are written by several tokens each (split characters).
+MULTIBYTE = ["東京大学の数学: 17 + 5 = 22。", "答えは 27 です 😀", "naïve café — résumé ✓", "𝑥² + 𝑦² = 𝑧²"]
+
+
+def gsm8k_texts() -> list[str]:
     with open(os.path.join(ROOT, "tests", "data", "gsm8k_sample.jsonl"), encoding="utf-8") as f:
-        texts = [s["solution"] for line in f for s in json.loads(line)["solutions"]]
+        return [s["solution"] for line in f for s in json.loads(line)["solutions"]]
+
+
+def responses(tok: Tokenizer, texts: list[str], length: int, count: int) -> list[list[int]]:
     out = []
     for k in range(count):
         ids: list[int] = []
@@ -78,17 +87,18 @@ def main(argv=None) -> None:
     tok = Tokenizer(Backend.from_str(_tokenizer_json()))
     lengths, count, repeat = ((64, 128), 2, 1) if args.quick else ((128, 512, 2048), 8, 3)
     rows = []
-    for n in lengths:
-        batch = responses(tok, n, count)
-        for ids in batch:  # the two agree on where every token ends (whole characters)
-            _, spans = tok.decode_with_offsets(ids)
-            assert [e for _, e in spans] == prefix_decode_ends(tok, ids), "decode_with_offsets disagrees"
-        ours = timed(lambda: [tok.decode_with_offsets(ids) for ids in batch], repeat) / count
-        base = timed(lambda: [prefix_decode_ends(tok, ids) for ids in batch], repeat) / count
-        rows.append({"tokens": n, "decode_with_offsets_ms": ours * 1e3, "prefix_decodes_ms": base * 1e3,
-                     "speedup": base / ours})
-        print(f"  {n:5d} tokens  decode_with_offsets {ours * 1e3:8.2f} ms   prefix decodes {base * 1e3:9.2f} ms"
-              f"   {base / ours:6.1f}x", flush=True)
+    for name, texts in (("gsm8k", gsm8k_texts()), ("multibyte", MULTIBYTE)):
+        for n in lengths:
+            batch = responses(tok, texts, n, count)
+            for ids in batch:  # the two agree on where every token ends (whole characters)
+                _, spans = tok.decode_with_offsets(ids)
+                assert [e for _, e in spans] == prefix_decode_ends(tok, ids), "decode_with_offsets disagrees"
+            ours = timed(lambda: [tok.decode_with_offsets(ids) for ids in batch], repeat) / count
+            base = timed(lambda: [prefix_decode_ends(tok, ids) for ids in batch], repeat) / count
+            rows.append({"text": name, "tokens": n, "decode_with_offsets_ms": ours * 1e3,
+                         "prefix_decodes_ms": base * 1e3, "speedup": base / ours})
+            print(f"  {name:9s} {n:5d} tokens  decode_with_offsets {ours * 1e3:8.2f} ms   "
+                  f"prefix decodes {base * 1e3:9.2f} ms   {base / ours:6.1f}x", flush=True)
     result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
               "tokenizer": "byte-level BPE, 300 tokens (tests/tiny_models.py)", "responses_per_length": count,
               "results": rows}

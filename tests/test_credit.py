@@ -100,8 +100,6 @@ def byte_level_reference(tok: Tokenizer, ids: list[int], skip: bool):
         j = i + 1
         while not boundary(bounds[j]):  # extend the group to the next character boundary
             j += 1
-        if bounds[j] == bounds[i] and j > i + 1:
-            j = i + 1
         spans += [(chars_at(bounds[i]), chars_at(bounds[j]))] * (j - i)
         i = j
     return text, spans

@@ -359,7 +359,34 @@ def test_prefix_credit_failed_verdict_keeps_sequence_level(tmp_path):
     torch.testing.assert_close(cap["batch"]["advantages"], expected_token_advantages(cap, reach), rtol=0, atol=0)
 
 
-def test_sequence_credit_is_the_published_sgpo(tmp_path):
+def test_prefix_credit_after_filtered_rows(tmp_path):
+    """A filtered group before the credited one: verdicts and credit flags
+    follow the kept rows, not the row numbers."""
+    BATCH["3+3="] = (6, ["3+3=6\n#6"] * 4)  # all correct: std 0, dropped
+    try:
+        trainer, cap = hand_trainer(tmp_path, prompts=("3+3=", "1+1=", "2+2="), credit_assignment="prefix",
+                                    filter_zero_std_groups=True)
+        m = trainer.train_step()
+    finally:
+        del BATCH["3+3="]
+    assert cap["rew"]["keep"].tolist() == [False] * 4 + [True] * 8 and cap["batch"]["n"] == 8
+    adv = cap["rew"]["adv"].advantages[4:].tolist()
+    got = cap["batch"]["advantages"]
+    texts = BATCH["1+1="][1] + BATCH["2+2="][1]
+    reach = [len("1+1=2\n9"), 1, None, len("1+1=2\n2+0=2\n")] + [None] * 4  # as in test_prefix_credit_by_hand
+    for i, (text, r) in enumerate(zip(texts, reach)):
+        start = int(cap["batch"]["mask"][i].nonzero()[0])
+        n = int(cap["batch"]["mask"][i].sum())
+        want = torch.zeros(got.shape[1])
+        want[start:start + (n if r is None else r)] = adv[i]
+        assert torch.equal(got[i], want), (i, text)
+    assert m["credit_fallbacks"] == 0
+
+
+def test_sequence_credit_keeps_one_advantage_per_response(tmp_path):
+    """The default is the published SGPO: the [N] advantages of the existing
+    tests (test_sgpo_credit_by_hand pins their values), and prefix credit
+    with nothing judged (scope off) is the same update exactly."""
     assert TrainConfig().credit_assignment == "sequence"
     trainer, cap = hand_trainer(tmp_path / "seq", credit_assignment="sequence")
     trainer.train_step()

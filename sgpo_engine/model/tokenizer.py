@@ -156,7 +156,11 @@ class Tokenizer:
         BPE, byte fallback) form a group with the token that completes it, and
         every token of the group spans the group's characters; tokens that
         write nothing (skipped special tokens) get an empty span where they
-        stand. Cost: two small decodes per token."""
+        stand. Invalid bytes decode to U+FFFD like the text does, and a U+FFFD
+        the text holds is written by the first token whose window shows it.
+        Cost: two small decodes per token (a window grows only while a
+        character is incomplete), plus whole-prefix decodes for decoders that
+        rewrite earlier text (clean-up of spaces before punctuation)."""
         ids = list(ids)
         decode = lambda part: self.decode(part, skip_special_tokens=skip_special_tokens)
         text = decode(ids)
@@ -167,6 +171,8 @@ class Tokenizer:
             lo = max(0, first - context)
             before, after = decode(ids[lo:first]), decode(ids[lo:i + 1])
             piece = after[len(before):] if after.startswith(before) else None
+            if piece is not None and piece.endswith("\ufffd") and not text.startswith(piece, done):
+                continue  # the window ends inside a character (a replacement char the text lacks)
             if piece is None or not text.startswith(piece, done):
                 # a decoder that rewrites earlier text (clean-up): compare whole prefixes
                 prefix = decode(ids[:i + 1])

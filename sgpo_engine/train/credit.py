@@ -20,6 +20,12 @@ both steps: it is outside a positive prefix and inside a negative one.
 
 Steps are the judge's (its step mode on the response text); tokens map to
 characters with Tokenizer.decode_with_offsets, exact for byte-level BPE too.
+
+Only the advantage moves: the zeroed tokens stay in the loss mask, so they
+still count in the token normalizer (dapo, bnpo) or the sequence length
+(grpo), in a sequence-level importance ratio and in the KL term. A response
+credited on part of its tokens therefore pushes less than one credited on
+all of them, as in the prototype this option comes from.
 """
 from __future__ import annotations
 
