@@ -59,7 +59,7 @@ BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
 PROFILES = {
     "quick": dict(steps=4, seeds=1, eval_n=10, eval_every=2, base=dict(prompts_per_step=4, num_samples=4)),
-    "default": dict(steps=30, seeds=3, eval_n=100, eval_every=10, base={}),
+    "default": dict(steps=24, seeds=3, eval_n=100, eval_every=8, base={}),
     "full": dict(steps=100, seeds=3, eval_n=300, eval_every=20, base={}),
 }
 CURVES = ("accuracy", "all_negative_frac", "credited_frac", "reward_mean", "sgpo_reward_mean",
