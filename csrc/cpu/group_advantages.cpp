@@ -1,17 +1,112 @@
 // CPU group_advantages: groups in parallel, one pass of credit + moments +
 // normalization per group (a second, elementwise pass only for scale="batch",
-// whose denominator needs every group first).
+// whose denominator needs every group first). float32 groups whose size is a
+// multiple of 8 (the usual G = 8, 16, ...) run in 8-wide SIMD, one register
+// per 8 responses; every other group runs the scalar loop.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include <cmath>
+#include <cstring>
+#include <type_traits>
 
 #include "../common/group_stats.h"
 #include "../ops.h"
+#include "simd.h"
 
 namespace sgpo {
 namespace {
+
+using cpu::v8f;
+using cpu::v8i;
+using cpu::splat;
+
+// The inputs and outputs of one call, as raw pointers (acc = float here).
+struct GroupPtrs {
+  const float* r;       // [N] rewards
+  const bool* correct;  // [N] or null: then a reward > 0 counts as correct
+  const float* rts;     // [N] or null; NaN = not judged
+  float *used, *adv, *mean, *stdv;
+  bool* neg;
+};
+
+// One group of n = 8m float32 responses [lo, lo + n): the scalar loop's math
+// (group_stats.h) lane by lane. Its sums run per lane, then across lanes, so
+// the last bits can differ from the scalar loop; a group of equal values
+// still gives mean == value, std == 0 and advantages of exactly 0. Returns
+// false when a reward is not finite or an RTS is outside [0, 1]: the caller
+// reruns the group in the scalar loop, whose check names the value.
+SGPO_CPU_CLONES bool group_simd(const GroupPtrs& p, int64_t g, int64_t lo, int64_t n,
+                                const CreditParams<float>& cp, float eps, bool group_scale) {
+  const int64_t m = n / cpu::kLanes;
+  const v8f zero = splat(0.f), one = splat(1.f);
+  bool any_correct = false, bad = false;
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = lo + j * cpu::kLanes;
+    const v8f r = cpu::load8(p.r + i);
+    const v8i finite = (r - r) == zero;  // false for inf and NaN
+    for (int k = 0; k < cpu::kLanes; ++k) bad |= !finite[k];
+    if (p.correct) {  // bools are bytes 0 / 1: 8 of them as one word
+      uint64_t bytes;
+      std::memcpy(&bytes, p.correct + i, sizeof bytes);
+      any_correct |= bytes != 0;
+    } else {
+      const v8i pos = r > zero;
+      for (int k = 0; k < cpu::kLanes; ++k) any_correct |= pos[k] != 0;
+    }
+  }
+  const bool credit_group = cp.scope == Scope::AllIncorrect || (cp.scope == Scope::AllNegative && !any_correct);
+  // used = partial credit where credited, else the reward
+  for (int64_t j = 0; j < m; ++j) {
+    const int64_t i = lo + j * cpu::kLanes;
+    v8f u = cpu::load8(p.r + i);
+    if (p.rts && credit_group) {
+      const v8f t = cpu::load8(p.rts + i);
+      const v8i out_of_range = (t < zero) | (t > one);
+      for (int k = 0; k < cpu::kLanes; ++k) bad |= out_of_range[k] != 0;
+      const v8f credit = cp.credit == Credit::Linear
+                             ? t * cp.credit_scale
+                             : one / (one + cpu::vexp(splat(-cp.beta) * (t - cp.gamma)));
+      v8i ok;  // correct: the flag, or a reward > 0 without flags
+      if (p.correct) {
+        for (int k = 0; k < cpu::kLanes; ++k) ok[k] = p.correct[i + k] ? -1 : 0;
+      } else {
+        ok = u > zero;
+      }
+      const v8i take = ~ok & (t == t);  // incorrect and judged (t == t is false for NaN)
+      u = take ? credit : u;
+    } else if (p.rts) {
+      const v8f t = cpu::load8(p.rts + i);
+      const v8i out_of_range = (t < zero) | (t > one);
+      for (int k = 0; k < cpu::kLanes; ++k) bad |= out_of_range[k] != 0;
+    }
+    cpu::store8(p.used + i, u);
+  }
+  if (bad) return false;
+  // shifted two-pass moments (group_stats.h group_moments)
+  const v8f shift = splat(p.used[lo]);
+  v8f acc = zero;
+  for (int64_t j = 0; j < m; ++j) acc += cpu::load8(p.used + lo + j * cpu::kLanes) - shift;
+  const float dmean = cpu::hsum(acc) / float(n);
+  v8f ss = zero;
+  for (int64_t j = 0; j < m; ++j) {
+    const v8f d = cpu::load8(p.used + lo + j * cpu::kLanes) - shift - dmean;
+    ss += d * d;
+  }
+  const float mean = p.used[lo] + dmean;
+  const float sd = n > 1 ? std::sqrt(cpu::hsum(ss) / float(n - 1)) : 0.f;
+  p.mean[g] = mean;
+  p.stdv[g] = sd;
+  p.neg[g] = !any_correct;
+  const float denom = group_scale ? sd + eps : 1.f;
+  for (int64_t j = 0; j < m; ++j) {  // safe_div: 0 / 0 = 0
+    const int64_t i = lo + j * cpu::kLanes;
+    const v8f a = denom != 0.f ? (cpu::load8(p.used + i) - mean) / denom : zero;
+    cpu::store8(p.adv + i, a);
+  }
+  return true;
+}
 
 template <typename scalar_t>
 GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
@@ -42,9 +137,16 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
       TORCH_CHECK(offs[g + 1] > offs[g], "group_offsets: group ", g, " is empty or reversed (", offs[g], " -> ",
                   offs[g + 1], ")");
   }
+  const CreditParams<float> cpf{cp.scope, cp.credit, float(cp.beta), float(cp.gamma), float(cp.credit_scale)};
   at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
       const int64_t lo = offs ? offs[g] : g * a.group_size, hi = offs ? offs[g + 1] : lo + a.group_size;
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        if ((hi - lo) % cpu::kLanes == 0 &&
+            group_simd(GroupPtrs{r, correct, rts, used_p, adv_p, mean_p, std_p, neg_p}, g, lo, hi - lo, cpf,
+                       float(eps), a.scale == Scale::Group))
+          continue;
+      }
       bool any_correct = false;
       for (int64_t i = lo; i < hi; ++i) {
         TORCH_CHECK(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
