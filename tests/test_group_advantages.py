@@ -215,6 +215,43 @@ def test_low_precision_rewards(gen, dtype, scale):
     check_group_advantages(r, sizes=sizes, correct=c, rts=s, scale=scale, rtol=2e-5, atol=2e-5)
 
 
+# float32 in fixed groups of 8m runs eight groups per SIMD pass (csrc/cpu/group_advantages.cpp);
+# 13 groups = one SIMD pass of 8 + 5 scalar groups.
+@pytest.mark.parametrize("scale", reference.SCALES)
+@pytest.mark.parametrize("credit", reference.CREDITS)
+@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("inputs", ["correct+rts", "rts", "correct", "none"])
+@pytest.mark.parametrize("group_size,groups", [(8, 13), (16, 8), (24, 17)])
+def test_float32_simd_groups(gen, group_size, groups, inputs, scope, credit, scale):
+    r, c, s = random_group_inputs(gen, [group_size] * groups, dtype=torch.float32)
+    c = c if "correct" in inputs else None
+    s = s.to(torch.float32) if "rts" in inputs else None
+    if c is None:  # correctness from the rewards: make some of them positive, some groups all <= 0
+        r = torch.where(torch.rand(r.shape, generator=gen) < 0.3, r.abs() + 0.5, -r.abs())
+        r.view(groups, group_size)[::3] = -1.0
+    kw = dict(scope=scope, credit=credit, scale=scale, **random_params(gen))
+    check_group_advantages(r, group_size=group_size, correct=c, rts=s, rtol=2e-5, atol=2e-5, **kw)
+
+
+@pytest.mark.parametrize("scale", ["group", "none"])
+def test_float32_simd_equal_rewards_give_exact_zero(gen, scale):
+    r = torch.randn(16, 1, generator=gen).expand(16, 8).reshape(-1).contiguous()  # 16 groups of 8 equal rewards
+    out = ops.group_advantages(r, group_size=8, scale=scale, eps=0.0)
+    assert torch.equal(out.advantages, torch.zeros_like(r)) and torch.equal(out.group_std, torch.zeros(16))
+    assert torch.equal(out.group_mean, r[::8])
+
+
+@pytest.mark.parametrize("where", [0, 37, 127])
+@pytest.mark.parametrize("bad", ["reward nan", "reward inf", "rts 1.5", "rts -0.1"])
+def test_float32_simd_bad_values_name_the_tensor(gen, where, bad):
+    r = torch.zeros(128)
+    rts = torch.rand(128, generator=gen)
+    name, value = bad.split()
+    (r if name == "reward" else rts)[where] = float(value)
+    with pytest.raises(ValueError, match="rewards" if name == "reward" else "rts"):
+        ops.group_advantages(r, group_size=8, rts=rts)
+
+
 # ---- errors ------------------------------------------------------------------------
 def _bad_cases():
     r = torch.zeros(6, dtype=F64)

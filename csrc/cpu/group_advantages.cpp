@@ -1,8 +1,8 @@
 // CPU group_advantages: groups in parallel, one pass of credit + moments +
 // normalization per group (a second, elementwise pass only for scale="batch",
-// whose denominator needs every group first). float32 groups whose size is a
-// multiple of 8 (the usual G = 8, 16, ...) run in 8-wide SIMD, one register
-// per 8 responses; every other group runs the scalar loop.
+// whose denominator needs every group first). float32 rewards in groups of a
+// fixed size that is a multiple of 8 (the usual G = 8, 16, ...) run eight
+// groups at a time in 8-wide SIMD; everything else runs the scalar loop.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -31,79 +31,120 @@ struct GroupPtrs {
   bool* neg;
 };
 
-// One group of n = 8m float32 responses [lo, lo + n): the scalar loop's math
-// (group_stats.h) lane by lane. Its sums run per lane, then across lanes, so
-// the last bits can differ from the scalar loop; a group of equal values
-// still gives mean == value, std == 0 and advantages of exactly 0. Returns
+// Rows x[0..8) -> columns: x[c][k] becomes old x[k][c] (the AVX 8x8 transpose).
+SGPO_VINLINE void transpose8(v8f (&x)[8]) {
+  v8f t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(x[i], x[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = __builtin_shufflevector(x[i], x[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    u[i] = __builtin_shufflevector(t[i], t[i + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 1] = __builtin_shufflevector(t[i], t[i + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    u[i + 2] = __builtin_shufflevector(t[i + 1], t[i + 3], 0, 1, 8, 9, 4, 5, 12, 13);
+    u[i + 3] = __builtin_shufflevector(t[i + 1], t[i + 3], 2, 3, 10, 11, 6, 7, 14, 15);
+  }
+  for (int i = 0; i < 4; ++i) {
+    x[i] = __builtin_shufflevector(u[i], u[i + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    x[i + 4] = __builtin_shufflevector(u[i], u[i + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// Block j (responses 8j .. 8j + 7) of groups g0 .. g0 + 7, transposed: lane k
+// of column c is response 8j + c of group g0 + k.
+SGPO_VINLINE void load_block(const float* x, int64_t g0, int64_t G, int64_t j, v8f (&col)[8]) {
+  for (int k = 0; k < 8; ++k) col[k] = cpu::load8(x + (g0 + k) * G + j * cpu::kLanes);
+  transpose8(col);
+}
+
+// Eight groups g0 .. g0 + 7 of G = 8m float32 responses at once, one group
+// per lane: the group sums become vertical adds, in the scalar loop's order
+// (group_stats.h group_moments). The partial credit uses the SIMD exp, so
+// credited values can differ from the scalar loop's in the last bit. Returns
 // false when a reward is not finite or an RTS is outside [0, 1]: the caller
-// reruns the group in the scalar loop, whose check names the value.
-SGPO_CPU_CLONES bool group_simd(const GroupPtrs& p, int64_t g, int64_t lo, int64_t n,
-                                const CreditParams<float>& cp, float eps, bool group_scale) {
-  const int64_t m = n / cpu::kLanes;
+// reruns these groups in the scalar loop, whose check names the value.
+SGPO_CPU_CLONES bool eight_groups(const GroupPtrs& p, int64_t g0, int64_t G, const CreditParams<float>& cp,
+                                  float eps, bool group_scale) {
+  const int64_t m = G / cpu::kLanes;
   const v8f zero = splat(0.f), one = splat(1.f);
-  bool any_correct = false, bad = false;
-  for (int64_t j = 0; j < m; ++j) {
-    const int64_t i = lo + j * cpu::kLanes;
-    const v8f r = cpu::load8(p.r + i);
-    const v8i finite = (r - r) == zero;  // false for inf and NaN
-    for (int k = 0; k < cpu::kLanes; ++k) bad |= !finite[k];
-    if (p.correct) {  // bools are bytes 0 / 1: 8 of them as one word
-      uint64_t bytes;
-      std::memcpy(&bytes, p.correct + i, sizeof bytes);
-      any_correct |= bytes != 0;
-    } else {
-      const v8i pos = r > zero;
-      for (int k = 0; k < cpu::kLanes; ++k) any_correct |= pos[k] != 0;
-    }
-  }
-  const bool credit_group = cp.scope == Scope::AllIncorrect || (cp.scope == Scope::AllNegative && !any_correct);
-  // used = partial credit where credited, else the reward
-  for (int64_t j = 0; j < m; ++j) {
-    const int64_t i = lo + j * cpu::kLanes;
-    v8f u = cpu::load8(p.r + i);
-    if (p.rts && credit_group) {
-      const v8f t = cpu::load8(p.rts + i);
-      const v8i out_of_range = (t < zero) | (t > one);
-      for (int k = 0; k < cpu::kLanes; ++k) bad |= out_of_range[k] != 0;
-      const v8f credit = cp.credit == Credit::Linear
-                             ? t * cp.credit_scale
-                             : one / (one + cpu::vexp(splat(-cp.beta) * (t - cp.gamma)));
-      v8i ok;  // correct: the flag, or a reward > 0 without flags
-      if (p.correct) {
-        for (int k = 0; k < cpu::kLanes; ++k) ok[k] = p.correct[i + k] ? -1 : 0;
+  v8i bad = {};
+  bool any_correct[8] = {};
+  for (int k = 0; k < 8; ++k) {
+    const int64_t lo = (g0 + k) * G;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t i = lo + j * cpu::kLanes;
+      const v8f r = cpu::load8(p.r + i);
+      bad |= (r - r) != zero;  // inf and NaN
+      if (p.correct) {  // bools are bytes 0 / 1: 8 of them as one word
+        uint64_t bytes;
+        std::memcpy(&bytes, p.correct + i, sizeof bytes);
+        any_correct[k] |= bytes != 0;
       } else {
-        ok = u > zero;
+        const v8i pos = r > zero;
+        for (int c = 0; c < cpu::kLanes; ++c) any_correct[k] |= pos[c] != 0;
       }
-      const v8i take = ~ok & (t == t);  // incorrect and judged (t == t is false for NaN)
-      u = take ? credit : u;
-    } else if (p.rts) {
-      const v8f t = cpu::load8(p.rts + i);
-      const v8i out_of_range = (t < zero) | (t > one);
-      for (int k = 0; k < cpu::kLanes; ++k) bad |= out_of_range[k] != 0;
     }
-    cpu::store8(p.used + i, u);
   }
-  if (bad) return false;
-  // shifted two-pass moments (group_stats.h group_moments)
-  const v8f shift = splat(p.used[lo]);
-  v8f acc = zero;
-  for (int64_t j = 0; j < m; ++j) acc += cpu::load8(p.used + lo + j * cpu::kLanes) - shift;
-  const float dmean = cpu::hsum(acc) / float(n);
+  // used = partial credit where credited, else the reward
+  for (int k = 0; k < 8; ++k) {
+    const bool credit_group =
+        cp.scope == Scope::AllIncorrect || (cp.scope == Scope::AllNegative && !any_correct[k]);
+    const int64_t lo = (g0 + k) * G;
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t i = lo + j * cpu::kLanes;
+      v8f u = cpu::load8(p.r + i);
+      if (p.rts) {
+        const v8f t = cpu::load8(p.rts + i);
+        bad |= (t < zero) | (t > one);
+        if (credit_group) {
+          const v8f credit = cp.credit == Credit::Linear
+                                 ? t * cp.credit_scale
+                                 : one / (one + cpu::vexp(splat(-cp.beta) * (t - cp.gamma)));
+          v8i ok;  // correct: the flag, or a reward > 0 without flags
+          if (p.correct) {
+            for (int c = 0; c < cpu::kLanes; ++c) ok[c] = p.correct[i + c] ? -1 : 0;
+          } else {
+            ok = u > zero;
+          }
+          u = (~ok & (t == t)) ? credit : u;  // incorrect and judged (t == t is false for NaN)
+        }
+      }
+      cpu::store8(p.used + i, u);
+    }
+  }
+  bool any_bad = false;
+  for (int c = 0; c < cpu::kLanes; ++c) any_bad |= bad[c] != 0;
+  if (any_bad) return false;
+  // shifted two-pass moments, lane k = group g0 + k
+  v8f col[8];
+  load_block(p.used, g0, G, 0, col);
+  const v8f shift = col[0];
+  v8f sum = zero;
+  for (int64_t j = 0; j < m; ++j) {
+    if (j) load_block(p.used, g0, G, j, col);
+    for (int c = 0; c < cpu::kLanes; ++c) sum += col[c] - shift;
+  }
+  const v8f dmean = sum / float(G);
   v8f ss = zero;
   for (int64_t j = 0; j < m; ++j) {
-    const v8f d = cpu::load8(p.used + lo + j * cpu::kLanes) - shift - dmean;
-    ss += d * d;
+    load_block(p.used, g0, G, j, col);
+    for (int c = 0; c < cpu::kLanes; ++c) {
+      const v8f d = col[c] - shift - dmean;
+      ss += d * d;
+    }
   }
-  const float mean = p.used[lo] + dmean;
-  const float sd = n > 1 ? std::sqrt(cpu::hsum(ss) / float(n - 1)) : 0.f;
-  p.mean[g] = mean;
-  p.stdv[g] = sd;
-  p.neg[g] = !any_correct;
-  const float denom = group_scale ? sd + eps : 1.f;
-  for (int64_t j = 0; j < m; ++j) {  // safe_div: 0 / 0 = 0
-    const int64_t i = lo + j * cpu::kLanes;
-    const v8f a = denom != 0.f ? (cpu::load8(p.used + i) - mean) / denom : zero;
-    cpu::store8(p.adv + i, a);
+  const v8f mean = shift + dmean;
+  for (int k = 0; k < 8; ++k) {
+    const float sd = G > 1 ? std::sqrt(ss[k] / float(G - 1)) : 0.f;
+    const int64_t g = g0 + k, lo = g * G;
+    p.mean[g] = mean[k];
+    p.stdv[g] = sd;
+    p.neg[g] = !any_correct[k];
+    const float denom = group_scale ? sd + eps : 1.f;
+    for (int64_t j = 0; j < m; ++j) {  // safe_div: 0 / 0 = 0
+      const int64_t i = lo + j * cpu::kLanes;
+      cpu::store8(p.adv + i, denom != 0.f ? (cpu::load8(p.used + i) - mean[k]) / denom : zero);
+    }
   }
   return true;
 }
@@ -138,15 +179,19 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
                   offs[g + 1], ")");
   }
   const CreditParams<float> cpf{cp.scope, cp.credit, float(cp.beta), float(cp.gamma), float(cp.credit_scale)};
+  // float32 in groups of a fixed size 8m: eight groups per SIMD pass
+  const bool simd = std::is_same_v<scalar_t, float> && !offs && a.group_size % cpu::kLanes == 0;
   at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
     for (int64_t g = begin; g < end; ++g) {
-      const int64_t lo = offs ? offs[g] : g * a.group_size, hi = offs ? offs[g + 1] : lo + a.group_size;
       if constexpr (std::is_same_v<scalar_t, float>) {
-        if ((hi - lo) % cpu::kLanes == 0 &&
-            group_simd(GroupPtrs{r, correct, rts, used_p, adv_p, mean_p, std_p, neg_p}, g, lo, hi - lo, cpf,
-                       float(eps), a.scale == Scale::Group))
+        if (simd && g % 8 == 0 && g + 8 <= end &&
+            eight_groups(GroupPtrs{r, correct, rts, used_p, adv_p, mean_p, std_p, neg_p}, g, a.group_size, cpf,
+                         float(eps), a.scale == Scale::Group)) {
+          g += 7;
           continue;
+        }
       }
+      const int64_t lo = offs ? offs[g] : g * a.group_size, hi = offs ? offs[g + 1] : lo + a.group_size;
       bool any_correct = false;
       for (int64_t i = lo; i < hi; ++i) {
         TORCH_CHECK(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
