@@ -28,6 +28,14 @@ constexpr int kLanes = 8;
 
 SGPO_VINLINE v8f splat(float x) { return v8f{x, x, x, x, x, x, x, x}; }
 
+// Lanes of two vectors picked by index (0-7: a, 8-15: b). Clang and GCC >= 12
+// have __builtin_shufflevector; older GCC spells it __builtin_shuffle.
+#if defined(__clang__) || __GNUC__ >= 12
+#define SGPO_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SGPO_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, ::sgpo::cpu::v8i{__VA_ARGS__})
+#endif
+
 // exp(x) = 2^n * exp(r), |r| <= ln2 / 2; exact 0 below the float range so
 // masked (-inf) logits carry no weight.
 SGPO_VINLINE v8f vexp(v8f x) {
