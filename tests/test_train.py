@@ -730,5 +730,5 @@ def test_example_config_with_overrides(tmp_path, capsys, tiny_model):
     assert [r["step"] for r in rows] == [1, 2]
     saved = load_config(str(out / "config.toml"))
     assert (saved.model, saved.max_steps, saved.task_max_ops, saved.num_samples) == (tiny_model, 2, 2, 4)
-    assert (saved.scope, saved.loss_type, saved.lr) == ("all_negative", "dapo", 1e-4)  # from the file
+    assert (saved.scope, saved.loss_type, saved.lr) == ("all_negative", "dapo", 3e-5)  # from the file
     assert (out / "checkpoint-2").is_dir()
