@@ -124,7 +124,9 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
     by `group_offsets` [P+1]; correct [N] bool and rts [N] (NaN = not judged)
     turn the rewards of incorrect responses in scope into partial credit
     (sigmoid(beta * (rts - gamma)) or credit_scale * rts). Without `correct`,
-    a reward > 0 counts as correct for `all_negative`.
+    a reward > 0 counts as correct for `all_negative`. On CPU, float32 rewards
+    with a group_size that is a multiple of 8 take a SIMD path whose results
+    can differ in the last bit from the same groups given as group_offsets.
     """
     _tensor("rewards", rewards, dim=1, floating=True)
     N = rewards.shape[0]
