@@ -49,7 +49,7 @@ def _generate(args, _overrides) -> int:
 def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
-             jobs=args.jobs, sweep=args.sweep)
+             jobs=args.jobs, sweep=args.sweep, arms=args.arms.split(",") if args.arms else None)
     return 0
 
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--full", action="store_true", help="the longer, more seeds version")
     d.add_argument("--seeds", type=int, default=None)
     d.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
+    d.add_argument("--arms", default=None, help="comma-separated subset of grpo,sgpo,sgpo-prefix (default: all)")
     d.add_argument("--sweep", action="store_true", help="GRPO alone at each learning rate of the sweep (one seed)")
     d.set_defaults(func=_demo, overrides_ok=True)
 

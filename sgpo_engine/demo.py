@@ -102,10 +102,15 @@ def _run_arm(arm: str, settings: dict, seed: int, base: dict, overrides: list, o
 
 
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
-             overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False) -> dict:
+             overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False,
+             arms: Optional[Sequence[str]] = None) -> dict:
     from .tasks import evaluate
     prof = PROFILES["quick" if quick else "full" if full else "default"]
-    arms = {f"grpo-lr{lr:g}": dict(scope="off", lr=lr) for lr in SWEEP_LRS} if sweep else ARMS
+    unknown = sorted(set(arms or ()) - set(ARMS))
+    if unknown:
+        raise ValueError(f"arms: unknown {', '.join(unknown)} (expected some of {', '.join(ARMS)})")
+    arms = {f"grpo-lr{lr:g}": dict(scope="off", lr=lr) for lr in SWEEP_LRS} if sweep else \
+        {a: ARMS[a] for a in (arms or ARMS)}
     n_seeds = seeds or (1 if sweep else prof["seeds"])
     base = {**BASE, **prof["base"], "max_steps": prof["steps"]}
     shared = apply_overrides(TrainConfig(**base), list(overrides))  # what every arm trains on
@@ -134,7 +139,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
             runs[a][str(s)] = run
     runs = {a: dict(sorted(r.items())) for a, r in runs.items()}
     results = {"settings": settings, "heldout_start": start_eval, "heldout_start_accuracy": start_acc,
-               "runs": runs, "summary": _summary(runs, baseline=None if sweep else "grpo"),
+               "runs": runs, "summary": _summary(runs, baseline="grpo" if "grpo" in runs else None),
                "seconds": time.perf_counter() - t0}
     if sweep:
         results["sweep"] = _rank_sweep(runs)

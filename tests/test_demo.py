@@ -68,3 +68,10 @@ def test_demo_sweep_ranks_grpo_learning_rates(tmp_path, capsys):
     assert demo._earlier_sweep_runs(path, {**res["settings"], "lr": 1.0}, empty) == res["runs"]  # arms set the lr
     assert demo._earlier_sweep_runs(path, {**res["settings"], "steps": 3}, empty) == empty
     assert "another sweep's settings" in capsys.readouterr().err
+
+
+def test_demo_unknown_arm_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--arms", "sgpo,ppo", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "arms: unknown ppo" in err and "sgpo-prefix" in err
+    assert not any(tmp_path.iterdir())  # nothing ran
