@@ -53,6 +53,8 @@ ARMS = {
     "sgpo-prefix": dict(scope="all_negative", credit_assignment="prefix"),
 }
 
+ARM_COLORS = {"grpo": "tab:gray", "sgpo": "tab:blue", "sgpo-prefix": "tab:orange"}
+
 # The shared training settings of every arm (DESIGN.md section 6, regime B).
 BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
             temperature=1.0, lr=GRPO_LR, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
@@ -269,6 +271,7 @@ def _plot(results: dict, path: str) -> Optional[str]:
         return None
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     colors = dict(zip(results["runs"], ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
+    colors.update({a: c for a, c in ARM_COLORS.items() if a in results["runs"]})  # the same arm, the same color
     for ax, (curve, title) in zip(axes.flat, PANELS):
         for arm, by_seed in results["runs"].items():
             if curve == "heldout":  # evaluated every eval_every steps, the same steps for every seed
