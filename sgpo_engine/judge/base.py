@@ -17,13 +17,14 @@ failed verdict ("error"), never an exception that stops training.
 """
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
-from .cache import VerdictCache, cache_key
+from .cache import VerdictCache, cache_key, make_cache
 from .steps import StepMode, resolve_mode, split_steps
 from .verdict import Verdict
 
@@ -60,13 +61,13 @@ def _check_inputs(problems, responses, references) -> list[Optional[str]]:
     return list(references)
 
 
-class Judge:
+class Judge(abc.ABC):
     """Base class: input checks, step splitting, cache, statistics."""
 
-    def __init__(self, step_mode: StepMode = "paragraph", cache: Optional[VerdictCache] = None,
-                 cache_id: str = ""):
+    def __init__(self, step_mode: StepMode = "paragraph", cache: Union[bool, VerdictCache, None] = None,
+                 cache_id: str = "", cache_path: Optional[str] = None):
         self.step_mode = resolve_mode(step_mode)
-        self.cache = cache
+        self.cache = make_cache(cache, cache_path)  # True, False / None or a shared VerdictCache
         self._cache_id = cache_id  # names the judge model inside cache keys
         self._lock = threading.Lock()
         self.reset_stats()
@@ -150,5 +151,6 @@ class Judge:
             log.warning("%s failed: %s: %s", type(self).__name__, type(e).__name__, e)
             return [Verdict.failure("error", len(it.steps), f"{type(e).__name__}: {e}") for it in items]
 
+    @abc.abstractmethod
     def _judge_items(self, items: list[Item]) -> list[Verdict]:
-        raise NotImplementedError
+        """One Verdict per item (each has at least one step)."""

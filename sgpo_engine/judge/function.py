@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import operator
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 from .base import Item, Judge
 from .cache import VerdictCache
@@ -25,11 +25,13 @@ StepFn = Callable[[str, list, Optional[str]], Optional[int]]
 
 
 class FunctionJudge(Judge):
-    def __init__(self, fn: StepFn, step_mode: StepMode = "paragraph", cache: Optional[VerdictCache] = None):
+    def __init__(self, fn: StepFn, step_mode: StepMode = "paragraph", cache: Union[bool, VerdictCache, None] = None,
+                 cache_path: Optional[str] = None):
         if not callable(fn):
             raise ValueError(f"fn: expected a callable, got {type(fn).__name__}")
         name = getattr(fn, "__qualname__", type(fn).__name__)
-        super().__init__(step_mode, cache, cache_id=f"function:{getattr(fn, '__module__', '')}.{name}")
+        super().__init__(step_mode, cache, cache_id=f"function:{getattr(fn, '__module__', '')}.{name}",
+                         cache_path=cache_path)
         self.fn = fn
 
     def _judge_items(self, items: list[Item]) -> list[Verdict]:

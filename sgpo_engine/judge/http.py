@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Union
 
 from .base import Item, Judge
-from .cache import VerdictCache, make_cache
+from .cache import VerdictCache
 from .prompt import SYSTEM_PROMPT, judge_messages, parse_reply
 from .steps import StepMode
 from .verdict import Verdict
@@ -92,7 +92,7 @@ class HTTPJudge(Judge):
         for name, v in (("timeout", timeout), ("backoff", backoff), ("max_backoff", max_backoff)):
             if not isinstance(v, (int, float)) or not v >= 0 or (name == "timeout" and v == 0):
                 raise ValueError(f"{name}: expected a positive number, got {v!r}")
-        super().__init__(step_mode, make_cache(cache, cache_path), cache_id=f"http:{model}")
+        super().__init__(step_mode, cache, cache_id=f"http:{model}", cache_path=cache_path)
         self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
         self.url = self.base_url + "/chat/completions"
         self.concurrency, self.timeout, self.max_retries = concurrency, float(timeout), max_retries

@@ -23,7 +23,7 @@ import logging
 from typing import Optional, Union
 
 from .base import Item, Judge
-from .cache import VerdictCache, make_cache
+from .cache import VerdictCache
 from .prompt import SYSTEM_PROMPT, judge_messages, parse_reply
 from .steps import StepMode
 from .verdict import Verdict
@@ -48,7 +48,7 @@ class LocalJudge(Judge):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected an int >= 1, got {max_new_tokens!r}")
         self.name = name or f"local:{getattr(policy.config, 'architecture', type(policy).__name__)}"
-        super().__init__(step_mode, make_cache(cache, cache_path), cache_id=self.name)
+        super().__init__(step_mode, cache, cache_id=self.name, cache_path=cache_path)
         self.policy = policy
         self.batch_size, self.seed, self.system_prompt = batch_size, seed, system_prompt
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
