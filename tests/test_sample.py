@@ -44,6 +44,17 @@ def test_masked_logits(gen, dtype):
         assert (tok == rtok).double().mean() > 0.99
 
 
+@pytest.mark.parametrize("row", ["all -inf", "+inf", "nan"])
+@pytest.mark.parametrize("filters", [dict(top_k=5), dict(top_p=0.9), dict(top_k=3, top_p=0.5, min_p=0.1), {}])
+def test_row_without_finite_weights_is_a_clear_error(row, filters):
+    """The selection histograms take any weight, NaN included (no write past
+    their end): the row is then rejected by name."""
+    logits = torch.randn(4, 300)
+    logits[2] = {"all -inf": float("-inf"), "+inf": float("inf"), "nan": float("nan")}[row]
+    with pytest.raises(ValueError, match="logits"):
+        ops.sample(logits, temperature=1.0, generator=torch.Generator().manual_seed(0), **filters)
+
+
 def test_large_logit_scale(gen):
     logits, t, k, p, m, u = sample_grid(gen, 64)
     check_sample_exact(logits * 40, t, k, p, m, u)

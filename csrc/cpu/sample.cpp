@@ -93,7 +93,13 @@ T mass_threshold(T* v, int64_t n, double target) {
 // quickselect over all of it (the decode loop samples every step).
 constexpr int kBucketShift = 18;
 constexpr int kBuckets = 1 << (31 - kBucketShift);
-inline int bucket_of(float e) { return int(weight_key(e) >> kBucketShift); }
+// Any bit pattern lands in a bucket: a row without a finite logit gives NaN
+// weights (inf - inf, sign bit set on x86) whose key is past the weights' range;
+// they go to the top bucket and the row is rejected after the selection.
+inline int bucket_of(float e) {
+  const uint32_t b = weight_key(e) >> kBucketShift;
+  return b < uint32_t(kBuckets) ? int(b) : kBuckets - 1;
+}
 
 template <typename acc>
 struct Scratch {
@@ -188,6 +194,9 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
       const acc inv_temp = acc(1) / p.temperature;
       const acc m = row_weights(z, V, inv_temp, e.data());
       const double total = row_sum(e.data(), V);
+      // every logit -inf gives NaN weights (inf - inf), so does a NaN or +inf logit
+      TORCH_CHECK(total > 0 && std::isfinite(total), "logits: row ", b,
+                  " cannot be sampled (no finite logit, or a NaN / +inf one)");
       const acc cut = filter_cut(e, p, scratch);
       double kept = total;  // no filter: everything is kept
       if (cut > acc(0)) {
@@ -204,7 +213,6 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
         tok = v;  // also the last kept token, should rounding run past the end
         if (run > goal) break;
       }
-      TORCH_CHECK(tok >= 0, "logits: row ", b, " has no finite logit to sample from");
       tokens[b] = tok;
       logprobs[b] = acc(z[tok]) * inv_temp - m - acc(std::log(total));
     }
