@@ -124,9 +124,7 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
     by `group_offsets` [P+1]; correct [N] bool and rts [N] (NaN = not judged)
     turn the rewards of incorrect responses in scope into partial credit
     (sigmoid(beta * (rts - gamma)) or credit_scale * rts). Without `correct`,
-    a reward > 0 counts as correct for `all_negative`. On CPU, float32 rewards
-    with a group_size that is a multiple of 8 take a SIMD path whose results
-    can differ in the last bit from the same groups given as group_offsets.
+    a reward > 0 counts as correct for `all_negative`.
     """
     _tensor("rewards", rewards, dim=1, floating=True)
     N = rewards.shape[0]
@@ -152,7 +150,11 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
         bad = [g for g in range(len(o) - 1) if o[g + 1] <= o[g]]
         if bad:
             raise ValueError(f"group_offsets: group {bad[0]} is empty or reversed ({o[bad[0]]} -> {o[bad[0] + 1]})")
-        group_offsets = group_offsets.long()
+        sizes = {o[g + 1] - o[g] for g in range(len(o) - 1)}
+        if len(sizes) == 1:  # equal groups: the kernels' fixed-size path (the same results, faster)
+            group_size, group_offsets = sizes.pop(), None
+        else:
+            group_offsets = group_offsets.long()
     if correct is not None:
         _tensor("correct", correct, shape=(N,), device=dev)
         correct = correct.bool()

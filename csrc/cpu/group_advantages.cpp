@@ -1,14 +1,13 @@
 // CPU group_advantages: groups in parallel, one pass of credit + moments +
 // normalization per group (a second, elementwise pass only for scale="batch",
 // whose denominator needs every group first). float32 rewards in groups of a
-// fixed size that is a multiple of 8 (the usual G = 8, 16, ...) run eight
-// groups at a time in 8-wide SIMD; everything else runs the scalar loop.
+// fixed size that is a multiple of 8 (the usual G = 8, 16, ...) compute the
+// moments of eight groups at a time in 8-wide SIMD, with the same results.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 
 #include <cmath>
-#include <cstring>
 #include <type_traits>
 
 #include "../common/group_stats.h"
@@ -19,17 +18,28 @@ namespace sgpo {
 namespace {
 
 using cpu::v8f;
-using cpu::v8i;
 using cpu::splat;
 
-// The inputs and outputs of one call, as raw pointers (acc = float here).
-struct GroupPtrs {
-  const float* r;       // [N] rewards
-  const bool* correct;  // [N] or null: then a reward > 0 counts as correct
-  const float* rts;     // [N] or null; NaN = not judged
-  float *used, *adv, *mean, *stdv;
-  bool* neg;
-};
+// One group [lo, hi): checks the values it reads, writes used[i] (the partial
+// credit where credited, else the reward) and returns whether any response is
+// correct. Both paths below run this; only the moments differ in layout.
+template <typename scalar_t, typename acc>
+bool credit_group(const scalar_t* r, const bool* correct, const acc* rts, int64_t lo, int64_t hi,
+                  const CreditParams<acc>& cp, acc* used) {
+  bool any_correct = false;
+  for (int64_t i = lo; i < hi; ++i) {
+    TORCH_CHECK(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
+    any_correct |= correct ? correct[i] : r[i] > scalar_t(0);
+  }
+  for (int64_t i = lo; i < hi; ++i) {
+    // NaN marks "not judged"; anything else must be a score in [0, 1].
+    TORCH_CHECK(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
+                rts ? double(rts[i]) : 0.0, " at index ", i);
+    const bool ok = correct ? correct[i] : r[i] > scalar_t(0);
+    used[i] = (rts && is_credited(ok, rts[i], !any_correct, cp.scope)) ? rts_credit(rts[i], cp) : acc(r[i]);
+  }
+  return any_correct;
+}
 
 // Rows x[0..8) -> columns: x[c][k] becomes old x[k][c] (the AVX 8x8 transpose).
 SGPO_VINLINE void transpose8(v8f (&x)[8]) {
@@ -57,77 +67,30 @@ SGPO_VINLINE void load_block(const float* x, int64_t g0, int64_t G, int64_t j, v
   transpose8(col);
 }
 
-// Eight groups g0 .. g0 + 7 of G = 8m float32 responses at once, one group
-// per lane: the group sums become vertical adds, in the scalar loop's order
-// (group_stats.h group_moments). The partial credit uses the SIMD exp, so
-// credited values can differ from the scalar loop's in the last bit. Returns
-// false when a reward is not finite or an RTS is outside [0, 1]: the caller
-// reruns these groups in the scalar loop, whose check names the value.
-SGPO_CPU_CLONES bool eight_groups(const GroupPtrs& p, int64_t g0, int64_t G, const CreditParams<float>& cp,
-                                  float eps, bool group_scale) {
+// Moments and advantages of eight float32 groups g0 .. g0 + 7 of G = 8m
+// responses at once, one group per lane: group_moments' shifted two-pass sums
+// as vertical adds in its order (response 0, 1, ...), and safe_div, so the
+// results are the scalar loop's bit for bit (no FMA contraction here: the
+// scalar loop is built without FMA). A group of 8 alone is a chain of
+// dependent horizontal sums, a square root and a division; eight side by side
+// fill the lanes instead.
+__attribute__((optimize("fp-contract=off"))) SGPO_CPU_CLONES void eight_group_moments(
+    const float* used, int64_t g0, int64_t G, float eps, bool group_scale, float* adv, float* mean_out,
+    float* std_out) {
   const int64_t m = G / cpu::kLanes;
-  const v8f zero = splat(0.f), one = splat(1.f);
-  v8i bad = {};
-  bool any_correct[8] = {};
-  for (int k = 0; k < 8; ++k) {
-    const int64_t lo = (g0 + k) * G;
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t i = lo + j * cpu::kLanes;
-      const v8f r = cpu::load8(p.r + i);
-      bad |= (r - r) != zero;  // inf and NaN
-      if (p.correct) {  // bools are bytes 0 / 1: 8 of them as one word
-        uint64_t bytes;
-        std::memcpy(&bytes, p.correct + i, sizeof bytes);
-        any_correct[k] |= bytes != 0;
-      } else {
-        const v8i pos = r > zero;
-        for (int c = 0; c < cpu::kLanes; ++c) any_correct[k] |= pos[c] != 0;
-      }
-    }
-  }
-  // used = partial credit where credited, else the reward
-  for (int k = 0; k < 8; ++k) {
-    const bool credit_group =
-        cp.scope == Scope::AllIncorrect || (cp.scope == Scope::AllNegative && !any_correct[k]);
-    const int64_t lo = (g0 + k) * G;
-    for (int64_t j = 0; j < m; ++j) {
-      const int64_t i = lo + j * cpu::kLanes;
-      v8f u = cpu::load8(p.r + i);
-      if (p.rts) {
-        const v8f t = cpu::load8(p.rts + i);
-        bad |= (t < zero) | (t > one);
-        if (credit_group) {
-          const v8f credit = cp.credit == Credit::Linear
-                                 ? t * cp.credit_scale
-                                 : one / (one + cpu::vexp(splat(-cp.beta) * (t - cp.gamma)));
-          v8i ok;  // correct: the flag, or a reward > 0 without flags
-          if (p.correct) {
-            for (int c = 0; c < cpu::kLanes; ++c) ok[c] = p.correct[i + c] ? -1 : 0;
-          } else {
-            ok = u > zero;
-          }
-          u = (~ok & (t == t)) ? credit : u;  // incorrect and judged (t == t is false for NaN)
-        }
-      }
-      cpu::store8(p.used + i, u);
-    }
-  }
-  bool any_bad = false;
-  for (int c = 0; c < cpu::kLanes; ++c) any_bad |= bad[c] != 0;
-  if (any_bad) return false;
-  // shifted two-pass moments, lane k = group g0 + k
+  const v8f zero = splat(0.f);
   v8f col[8];
-  load_block(p.used, g0, G, 0, col);
+  load_block(used, g0, G, 0, col);
   const v8f shift = col[0];
   v8f sum = zero;
   for (int64_t j = 0; j < m; ++j) {
-    if (j) load_block(p.used, g0, G, j, col);
+    if (j) load_block(used, g0, G, j, col);
     for (int c = 0; c < cpu::kLanes; ++c) sum += col[c] - shift;
   }
   const v8f dmean = sum / float(G);
   v8f ss = zero;
   for (int64_t j = 0; j < m; ++j) {
-    load_block(p.used, g0, G, j, col);
+    load_block(used, g0, G, j, col);
     for (int c = 0; c < cpu::kLanes; ++c) {
       const v8f d = col[c] - shift - dmean;
       ss += d * d;
@@ -137,16 +100,14 @@ SGPO_CPU_CLONES bool eight_groups(const GroupPtrs& p, int64_t g0, int64_t G, con
   for (int k = 0; k < 8; ++k) {
     const float sd = G > 1 ? std::sqrt(ss[k] / float(G - 1)) : 0.f;
     const int64_t g = g0 + k, lo = g * G;
-    p.mean[g] = mean[k];
-    p.stdv[g] = sd;
-    p.neg[g] = !any_correct[k];
+    mean_out[g] = mean[k];
+    std_out[g] = sd;
     const float denom = group_scale ? sd + eps : 1.f;
     for (int64_t j = 0; j < m; ++j) {  // safe_div: 0 / 0 = 0
       const int64_t i = lo + j * cpu::kLanes;
-      cpu::store8(p.adv + i, denom != 0.f ? (cpu::load8(p.used + i) - mean[k]) / denom : zero);
+      cpu::store8(adv + i, denom != 0.f ? (cpu::load8(used + i) - mean[k]) / denom : zero);
     }
   }
-  return true;
 }
 
 template <typename scalar_t>
@@ -178,34 +139,20 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
       TORCH_CHECK(offs[g + 1] > offs[g], "group_offsets: group ", g, " is empty or reversed (", offs[g], " -> ",
                   offs[g + 1], ")");
   }
-  const CreditParams<float> cpf{cp.scope, cp.credit, float(cp.beta), float(cp.gamma), float(cp.credit_scale)};
-  // float32 in groups of a fixed size 8m: eight groups per SIMD pass
+  // float32 in groups of a fixed size 8m: the moments of eight groups per SIMD pass
   const bool simd = std::is_same_v<scalar_t, float> && !offs && a.group_size % cpu::kLanes == 0;
   at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g) {
-      if constexpr (std::is_same_v<scalar_t, float>) {
-        if (simd && g % 8 == 0 && g + 8 <= end &&
-            eight_groups(GroupPtrs{r, correct, rts, used_p, adv_p, mean_p, std_p, neg_p}, g, a.group_size, cpf,
-                         float(eps), a.scale == Scale::Group)) {
-          g += 7;
-          continue;
-        }
+    int64_t g = begin;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      for (; simd && g + 8 <= end; g += 8) {
+        for (int64_t k = g; k < g + 8; ++k)
+          neg_p[k] = !credit_group(r, correct, rts, k * a.group_size, (k + 1) * a.group_size, cp, used_p);
+        eight_group_moments(used_p, g, a.group_size, eps, a.scale == Scale::Group, adv_p, mean_p, std_p);
       }
+    }
+    for (; g < end; ++g) {
       const int64_t lo = offs ? offs[g] : g * a.group_size, hi = offs ? offs[g + 1] : lo + a.group_size;
-      bool any_correct = false;
-      for (int64_t i = lo; i < hi; ++i) {
-        TORCH_CHECK(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
-        any_correct |= correct ? correct[i] : r[i] > scalar_t(0);
-      }
-      neg_p[g] = !any_correct;
-      for (int64_t i = lo; i < hi; ++i) {
-        // NaN marks "not judged"; anything else must be a score in [0, 1].
-        TORCH_CHECK(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
-                    rts ? double(rts[i]) : 0.0, " at index ", i);
-        const bool ok = correct ? correct[i] : r[i] > scalar_t(0);
-        used_p[i] = (rts && is_credited(ok, rts[i], !any_correct, cp.scope)) ? rts_credit(rts[i], cp)
-                                                                               : acc(r[i]);
-      }
+      neg_p[g] = !credit_group(r, correct, rts, lo, hi, cp, used_p);
       const Moments<acc> mo = group_moments<acc>([&](int64_t k) { return used_p[lo + k]; }, hi - lo);
       mean_p[g] = mo.mean;
       std_p[g] = mo.std;
