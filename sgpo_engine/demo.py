@@ -241,9 +241,9 @@ def _table(results: dict) -> str:
     for arm, v in s.items():
         reach = "-"
         if has_reach:
-            got = [x for x in v["steps_to_reach"] if x is not None]
-            reach = f"{statistics.fmean(got):.0f} ({len(got)}/{len(v['steps_to_reach'])})" if got else \
-                f"- (0/{len(v['steps_to_reach'])})"
+            got = sum(x is not None for x in v["steps_to_reach"])
+            mean = f"{v['steps_to_reach_mean']:.0f}" if got else "-"
+            reach = f"{mean} ({got}/{len(v['steps_to_reach'])})"
         rows.append(f"{arm:{w}s} {v['heldout_accuracy_mean']:7.3f} ± {v['heldout_accuracy_std']:.3f} {reach:>9s} "
                     f"{v['train_accuracy_last10']:9.3f} {v['all_negative_frac_last10']:7.2f} "
                     f"{v['credited_frac_last10']:8.2f} {v['correct_prefix_last10']:6.2f} "

@@ -118,15 +118,15 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
     tokens: list[list[int]] = [[] for _ in range(S)]
     logps: list[list[float]] = [[] for _ in range(S)]
     reason = [""] * S
-    rows = torch.arange(S, device=dev)  # live slots
+    live = list(range(S))               # live slots, on the host (no device sync to read them)
+    rows = torch.arange(S, device=dev)  # the same, on the device
     long_run = S * max(caps) > 200_000
     bar = Progress(max(caps), "generate", progress if progress is not None else (long_run and sys.stderr.isatty()))
     step = 0
     while True:
-        u = uniforms(row_seeds[rows.cpu()], step).to(dev)
+        u = uniforms(row_seeds[live], step).to(dev)
         tok, lp = ops.sample(logits, uniform=u, **sampling)
         step += 1
-        live = rows.tolist()
         for r, t, l in zip(live, tok.tolist(), lp.tolist()):
             tokens[r].append(t)
             logps[r].append(l)
@@ -138,6 +138,7 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
         bar.update(1, live=len(keep))
         if not keep:
             break
+        live = [live[i] for i in keep]
         keep = torch.tensor(keep, device=dev)
         rows, tok = rows[keep], tok[keep]
         # The new token's position: after its prompt and the tokens before it.

@@ -158,7 +158,7 @@ class SGPOTrainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> list[dict]:
         cfg = self.cfg
-        bar = Progress(cfg.max_steps, "train", cfg.progress if cfg.progress is not None else None)
+        bar = Progress(cfg.max_steps, "train", cfg.progress)
         bar.done = self.step
         history = []
         try:
@@ -215,13 +215,11 @@ class SGPOTrainer:
                                    rts=out.rts, scope=cfg.scope, credit=cfg.credit, beta=cfg.credit_beta,
                                    gamma=cfg.credit_gamma, credit_scale=cfg.credit_scale, scale=cfg.adv_scale,
                                    eps=cfg.adv_eps)
-        sizes = out.group_offsets.diff()
-        group_neg = adv.all_negative.repeat_interleave(sizes)
-        scope_ok = torch.ones_like(group_neg) if cfg.scope == "all_incorrect" else group_neg
-        credited = ~out.correct & ~torch.isnan(out.rts) & scope_ok & (cfg.scope != "off")
+        # sgpo_rewards judges only the incorrect responses in scope: a judged RTS is a credited one
+        credited = ~torch.isnan(out.rts)
         keep = torch.ones_like(out.correct)
         if cfg.filter_zero_std_groups:
-            keep = (adv.group_std > 0).repeat_interleave(sizes)
+            keep = (adv.group_std > 0).repeat_interleave(out.group_offsets.diff())
         return {"sgpo": out, "adv": adv, "credited": credited, "keep": keep}
 
     # ------------------------------------------------------------------ update
@@ -275,8 +273,7 @@ class SGPOTrainer:
         cfg, dist = self.cfg, self.dist
         n = batch["n"]
         n_global, tok_global = dist.sum([float(n), float(batch["mask"].sum())])
-        stats = {"loss": 0.0, "clip_ratio_low": 0.0, "clip_ratio_high": 0.0, "kl_mean": 0.0, "grad_norm": 0.0,
-                 "tokens": 0.0}
+        stats = {"loss": 0.0, "clip_ratio_low": 0.0, "clip_ratio_high": 0.0, "kl_mean": 0.0, "grad_norm": 0.0}
         stats["lr"] = self.scheduler.get_last_lr()[0]  # the lr this update uses
         if self.ref_policy is None:
             stats["kl_mean"] = float("nan")
@@ -329,7 +326,6 @@ class SGPOTrainer:
                     for k in ("clip_ratio_low", "clip_ratio_high", "kl_mean"):
                         if k in met:
                             stats[k] += float(met[k]) * t
-                    stats["tokens"] += t
             # max_grad_norm 0 means no clipping (as in transformers), not zeroed gradients
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
