@@ -13,6 +13,7 @@
 #include <cmath>
 #include <vector>
 
+#include "../common/lse.h"
 #include "../ops.h"
 #include "simd.h"
 
@@ -51,29 +52,30 @@ inline void axpy(double* out, double p, const double* v, int64_t D) {
 }
 
 // One query head against its visible keys: the prefix positions [lo_p, np)
-// then the suffix positions [lo_s, ns). Two passes (scores, then the
-// softmax-weighted values) over keys that stay in cache between them.
-// q: [D] scaled query; scores: scratch of np + ns; out: [D] accumulator.
+// then the suffix positions [lo_s, ns), in one pass with the online softmax of
+// common/lse.h, as each warp of the CUDA kernel folds its keys. The output is
+// rescaled only when the running max grows (rarely after the first keys).
+// q: [D] scaled query; out: [D].
 template <typename scalar_t, typename acc>
 SGPO_CPU_CLONES void attend(const acc* q, const scalar_t* kp, const scalar_t* vp, int64_t lo_p, int64_t np,
                             const scalar_t* ks, const scalar_t* vs, int64_t lo_s, int64_t ns, int64_t D,
-                            acc* scores, acc* out) {
-  acc m = -INFINITY;
-  for (int64_t t = lo_p; t < np; ++t) m = std::max(m, scores[t] = dot(q, kp + t * D, D));
-  for (int64_t t = lo_s; t < ns; ++t) m = std::max(m, scores[np + t] = dot(q, ks + t * D, D));
+                            acc* out) {
   std::fill(out, out + D, acc(0));
-  acc sum = 0;
-  for (int64_t t = lo_p; t < np; ++t) {
-    const acc p = std::exp(scores[t] - m);
-    sum += p;
-    axpy(out, p, vp + t * D, D);
+  acc m = neg_inf<acc>(), l = acc(0);
+  const scalar_t* keys[2] = {kp, ks};
+  const scalar_t* values[2] = {vp, vs};
+  const int64_t lo[2] = {lo_p, lo_s}, hi[2] = {np, ns};
+  for (int part = 0; part < 2; ++part) {  // prefix, then suffix
+    for (int64_t t = lo[part]; t < hi[part]; ++t) {
+      const Rescale<acc> r = fold_max(m, dot(q, keys[part] + t * D, D));
+      if (r.old != acc(1)) {
+        for (int64_t j = 0; j < D; ++j) out[j] *= r.old;
+      }
+      l = l * r.old + r.add;
+      axpy(out, r.add, values[part] + t * D, D);
+    }
   }
-  for (int64_t t = lo_s; t < ns; ++t) {
-    const acc p = std::exp(scores[np + t] - m);
-    sum += p;
-    axpy(out, p, vs + t * D, D);
-  }
-  const acc inv = sum > acc(0) ? acc(1) / sum : acc(0);  // no keys: zeros, never NaN
+  const acc inv = l > acc(0) ? acc(1) / l : acc(0);  // no keys: zeros, never NaN
   for (int64_t j = 0; j < D; ++j) out[j] *= inv;
 }
 
@@ -92,7 +94,7 @@ void decode_attention_typed(const DecodeAttnArgs& a, at::Tensor& out) {
   const acc scale = acc(a.scale);
 
   at::parallel_for(0, S * Hkv, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc> qf(D), scores, accum(D);
+    std::vector<acc> qf(D), accum(D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task / Hkv, h = task % Hkv;
       const int64_t np = plen[pof[s]], ns = slen[s];
@@ -103,12 +105,11 @@ void decode_attention_typed(const DecodeAttnArgs& a, at::Tensor& out) {
       const scalar_t* vp = pv + (pof[s] * Hkv + h) * Lp * D;
       const scalar_t* ks = sk + (slot[s] * Hkv + h) * Ls * D;
       const scalar_t* vs = sv + (slot[s] * Hkv + h) * Ls * D;
-      scores.resize(np + ns);
       for (int64_t g = 0; g < group; ++g) {
         const int64_t hq = h * group + g;
         const scalar_t* qrow = q + (s * Hq + hq) * D;
         for (int64_t j = 0; j < D; ++j) qf[j] = acc(qrow[j]) * scale;
-        attend(qf.data(), kp, vp, lo_p, np, ks, vs, lo_s, ns, D, scores.data(), accum.data());
+        attend(qf.data(), kp, vp, lo_p, np, ks, vs, lo_s, ns, D, accum.data());
         scalar_t* orow = o + (s * Hq + hq) * D;
         for (int64_t j = 0; j < D; ++j) orow[j] = scalar_t(accum[j]);
       }

@@ -2,8 +2,8 @@
 // [n, V] logits chunk, log-sum-exp, the target's log-prob, optionally the
 // entropy, the policy-loss terms (common/policy_loss.h), and d loss / d logits
 // written over the logits. Rows run in parallel; each row is touched in two
-// sweeps (max, then sum-exp) plus one more to write the gradient, while it
-// sits in L1/L2.
+// sweeps (max, then sum-exp, into common/lse.h's state) plus one more to write
+// the gradient, while it sits in L1/L2.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../common/lse.h"
 #include "../common/policy_loss.h"
 #include "../lm_head.h"
 #include "../ops.h"
@@ -20,33 +21,27 @@
 namespace sgpo::cpu {
 namespace {
 
-template <typename acc>
-struct RowLSE {
-  acc m;   // max of x = logit * inv_temp
-  acc s;   // sum exp(x - m)
-  acc sx;  // sum exp(x - m) * x (entropy only)
-};
-
-// fp32 / bf16 / fp16 storage, fp32 math, 8 lanes at a time.
+// The row's online log-sum-exp state (common/lse.h) of x = logit * inv_temp,
+// in two sweeps: the max first, so that every element then folds with
+// rescale 1 and weight exp(x - m); the 8 lanes run that formula side by side
+// and, sharing m, merge by plain sums. sx (for the entropy) only when asked.
+// fp32 / bf16 / fp16 storage, fp32 math.
 template <typename scalar_t>
-SGPO_CPU_CLONES RowLSE<float> row_lse(const scalar_t* z, int64_t V, float inv_temp, bool want_sx) {
+SGPO_CPU_CLONES OnlineLSE<float> row_lse(const scalar_t* z, int64_t V, float inv_temp, bool want_sx) {
   const int64_t Vv = V - V % kLanes;
-  const float m = row_max(z, V) * inv_temp;  // inv_temp > 0 keeps the argmax
+  OnlineLSE<float> st;
+  st.m = row_max(z, V) * inv_temp;  // inv_temp > 0 keeps the argmax
   v8f vs = splat(0.f), vsx = splat(0.f);
   for (int64_t j = 0; j < Vv; j += kLanes) {
     const v8f x = load8(z + j) * inv_temp;
-    const v8f e = vexp(x - m);
+    const v8f e = vexp(x - st.m);
     vs += e;
     if (want_sx) vsx += e > 0.f ? e * x : splat(0.f);  // e == 0 where x == -inf
   }
-  float s = hsum(vs), sx = hsum(vsx);
-  for (int64_t j = Vv; j < V; ++j) {
-    const float x = float(z[j]) * inv_temp;
-    const float e = std::exp(x - m);
-    s += e;
-    if (want_sx && e > 0.f) sx += e * x;
-  }
-  return {m, s, sx};
+  st.s = hsum(vs);
+  st.sx = hsum(vsx);
+  for (int64_t j = Vv; j < V; ++j) st.add(float(z[j]) * inv_temp);  // x <= m: the same formula
+  return st;
 }
 
 // d logits = c * inv_temp * (onehot(target) - exp(x - lse)), in place.
@@ -61,17 +56,13 @@ SGPO_CPU_CLONES void row_grad(scalar_t* z, int64_t V, float inv_temp, float lse,
 }
 
 // fp64 (the tests' reference precision): plain scalar loops.
-RowLSE<double> row_lse(const double* z, int64_t V, double inv_temp, bool want_sx) {
+OnlineLSE<double> row_lse(const double* z, int64_t V, double inv_temp, bool /*want_sx*/) {
   double zmax = -INFINITY;
   for (int64_t j = 0; j < V; ++j) zmax = std::max(zmax, z[j]);
-  const double m = zmax * inv_temp;
-  double s = 0, sx = 0;
-  for (int64_t j = 0; j < V; ++j) {
-    const double x = z[j] * inv_temp, e = std::exp(x - m);
-    s += e;
-    if (want_sx && e > 0) sx += e * x;
-  }
-  return {m, s, sx};
+  OnlineLSE<double> st;
+  st.m = zmax * inv_temp;
+  for (int64_t j = 0; j < V; ++j) st.add(z[j] * inv_temp);
+  return st;
 }
 void row_grad(double* z, int64_t V, double inv_temp, double lse, double c, int64_t target) {
   const double x_target = z[target] * inv_temp, g = c * inv_temp;
@@ -104,11 +95,11 @@ void rows_typed(const RowArgs& a) {
     for (int64_t i = begin; i < end; ++i) {
       scalar_t* z = logits + i * V;
       const int64_t t = targets[i];
-      const RowLSE<acc> st = row_lse(z, V, inv_temp, entropy_out != nullptr);
-      const acc lse = st.m + std::log(st.s);
+      const OnlineLSE<acc> st = row_lse(z, V, inv_temp, entropy_out != nullptr);
+      const acc lse = st.lse();
       const acc logp = acc(z[t]) * inv_temp - lse;
       logp_out[i] = logp;
-      if (entropy_out) entropy_out[i] = lse - st.sx / st.s;
+      if (entropy_out) entropy_out[i] = st.entropy();
       if (a.mode == RowMode::Stats) continue;
       acc c;
       if (a.mode == RowMode::GivenCoef) {

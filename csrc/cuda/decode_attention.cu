@@ -4,8 +4,9 @@
 // walks a strided share of the key positions (prompt prefix first, then the
 // row's own suffix); lanes split the head dimension, so a score is a warp
 // reduction and the running output stays in registers (D / 32 per lane).
-// Warps keep flash-style online-softmax state (max, sum, acc) and merge it
-// through shared memory at the end. Lengths are clamped to the cache sizes
+// Warps keep flash-style online-softmax state (max, sum, values [D]), folded
+// and merged with common/lse.h's fold_max / merge_max (the LM-head rows'
+// softmax), through shared memory at the end. Lengths are clamped to the cache sizes
 // (the host does not range-check CUDA indices: that would sync every step).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
@@ -13,20 +14,15 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
-#include "../common/macros.h"
+#include "../common/lse.h"
 #include "../ops.h"
+#include "cuda_utils.cuh"
 
 namespace sgpo {
 namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxPerLane = 8;  // D <= 256
-
-template <typename acc>
-__device__ __forceinline__ acc warp_sum(acc v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 
 template <typename scalar_t, typename acc>
 __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const scalar_t* __restrict__ pk,
@@ -55,7 +51,7 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
     qr[i] = d < D ? acc(qrow[d]) * scale : acc(0);
     o[i] = acc(0);
   }
-  acc m = -INFINITY, l = acc(0);
+  acc m = neg_inf<acc>(), l = acc(0);
   for (int64_t t = warp; t < np + ns; t += kWarps) {
     if (t < np ? t < lo_p : t - np < lo_s) continue;
     const scalar_t* krow = t < np ? kp + t * D : ks + (t - np) * D;
@@ -66,16 +62,14 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
       const int d = lane + 32 * i;
       if (d < D) part += qr[i] * acc(krow[d]);
     }
-    const acc score = warp_sum(part);
-    const acc m_new = score > m ? score : m;
-    const acc corr = exp_(m - m_new), e = exp_(score - m_new);
-    l = l * corr + e;
+    const acc score = cuda::warp_sum(part);
+    const Rescale<acc> r = fold_max(m, score);
+    l = l * r.old + r.add;
 #pragma unroll
     for (int i = 0; i < kMaxPerLane; ++i) {
       const int d = lane + 32 * i;
-      if (d < D) o[i] = o[i] * corr + e * acc(vrow[d]);
+      if (d < D) o[i] = o[i] * r.old + r.add * acc(vrow[d]);
     }
-    m = m_new;
   }
 
   // Merge the warps' (m, l, o) states.
@@ -92,16 +86,14 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
     if (d < D) sm_o[warp * D + d] = o[i];
   }
   __syncthreads();
-  acc M = -INFINITY;
-  for (int w = 0; w < kWarps; ++w) M = sm_m[w] > M ? sm_m[w] : M;
-  acc L = acc(0);
-  for (int w = 0; w < kWarps; ++w)
-    if (sm_m[w] != -INFINITY) L += sm_l[w] * exp_(sm_m[w] - M);
   scalar_t* orow = out + (int64_t(s) * Hq + hq) * D;
   for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    acc num = acc(0);
-    for (int w = 0; w < kWarps; ++w)
-      if (sm_m[w] != -INFINITY) num += sm_o[w * D + d] * exp_(sm_m[w] - M);
+    acc M = sm_m[0], L = sm_l[0], num = sm_o[d];
+    for (int w = 1; w < kWarps; ++w) {
+      const Rescale<acc> r = merge_max(M, sm_m[w]);
+      L = L * r.old + sm_l[w] * r.add;
+      num = num * r.old + sm_o[w * D + d] * r.add;
+    }
     orow[d] = scalar_t(L > acc(0) ? num / L : acc(0));  // no keys: zeros, never NaN
   }
 }
@@ -111,7 +103,7 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
 at::Tensor decode_attention_cuda(const DecodeAttnArgs& a) {
   const c10::cuda::CUDAGuard guard(a.q.device());
   const int64_t S = a.q.size(0), Hq = a.q.size(1), D = a.q.size(2);
-  TORCH_CHECK(D <= 32 * kMaxPerLane, "q: head dim D = ", D, " exceeds the CUDA kernel's limit of ",
+  TORCH_CHECK_VALUE(D <= 32 * kMaxPerLane, "q: head dim D = ", D, " exceeds the CUDA kernel's limit of ",
               32 * kMaxPerLane);
   at::Tensor out = at::empty(a.q.sizes(), a.q.options());
   if (S == 0) return out;

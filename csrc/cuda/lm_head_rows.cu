@@ -2,7 +2,7 @@
 // each [n, V] logits chunk, and the per-token surrogate derivative.
 //
 // One block per row. Pass 1 folds the row into an OnlineLSE state per thread
-// and merges the states across the block; pass 2 (every mode but Stats)
+// and merges the states across the block (cuda_utils.cuh); pass 2 (every mode but Stats)
 // overwrites the row in place with d loss / d logits. Both passes use 16-byte
 // vector accesses on the aligned middle of the row, so any V and any row
 // alignment work. No host synchronization: everything is launched on the
@@ -22,13 +22,13 @@
 #include "../common/lse.h"
 #include "../common/policy_loss.h"
 #include "../ops.h"
+#include "cuda_utils.cuh"
 
 namespace sgpo {
 namespace {
 
-constexpr int kWarp = 32;
+using cuda::kWarp;
 constexpr int kMaxThreads = 512;  // <= 128 registers per thread at full occupancy
-constexpr unsigned kFullMask = 0xffffffffu;
 
 template <typename T>
 ClipParams<T> cast_clip(const ClipParams<double>& c) {
@@ -96,45 +96,6 @@ __device__ __forceinline__ void for_row(scalar_t* row, int64_t vocab, F&& f) {
   }
 }
 
-template <typename T>
-__device__ __forceinline__ OnlineLSE<T> shfl_xor(const OnlineLSE<T>& a, int lane_mask) {
-  OnlineLSE<T> o;
-  o.m = __shfl_xor_sync(kFullMask, a.m, lane_mask);
-  o.s = __shfl_xor_sync(kFullMask, a.s, lane_mask);
-  o.sx = __shfl_xor_sync(kFullMask, a.sx, lane_mask);
-  return o;
-}
-
-// Block all-reduce of the threads' states. Every thread merges the per-warp
-// results from shared memory in the same order, so all threads return the
-// bitwise same state (their control flow and outputs agree). Uses static
-// shared memory without a trailing barrier: call it once per block.
-// blockDim.x must be a multiple of 32.
-template <typename T>
-__device__ OnlineLSE<T> block_merge(OnlineLSE<T> st) {
-  // Separate arrays: OnlineLSE has default member initializers, which
-  // __shared__ variables cannot run.
-  __shared__ T warp_m[kMaxThreads / kWarp], warp_s[kMaxThreads / kWarp], warp_sx[kMaxThreads / kWarp];
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) st.merge(shfl_xor(st, o));
-  const int warp = threadIdx.x / kWarp;
-  if (threadIdx.x % kWarp == 0) {
-    warp_m[warp] = st.m;
-    warp_s[warp] = st.s;
-    warp_sx[warp] = st.sx;
-  }
-  __syncthreads();
-  OnlineLSE<T> all;
-  for (int w = 0; w < static_cast<int>(blockDim.x / kWarp); ++w) {
-    OnlineLSE<T> o;
-    o.m = warp_m[w];
-    o.s = warp_s[w];
-    o.sx = warp_sx[w];
-    all.merge(o);
-  }
-  return all;
-}
-
 // grid = n rows, block = a multiple of 32 threads <= kMaxThreads.
 // logits [n, V] (row_stride apart): read; overwritten with d loss / d logits
 // unless mode is Stats.
@@ -147,9 +108,10 @@ __global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, con
 
   OnlineLSE<acc> st;
   for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc>(x) * p.inv_temp); });
-  // Read before block_merge's barrier: no thread has started overwriting the row yet.
+  // Read before the reduction's barrier: no thread has started overwriting the row yet.
   const acc x_target = static_cast<acc>(row[target]) * p.inv_temp;
-  st = block_merge(st);
+  __shared__ cuda::SharedScratch<OnlineLSE<acc>, kMaxThreads / kWarp> scratch;
+  st = cuda::block_allreduce(st, cuda::MergeLSE{}, scratch.get());
 
   const acc lse = st.lse();
   const acc logp = x_target - lse;

@@ -26,12 +26,16 @@
 
 #include "../common/sampling.h"
 #include "../ops.h"
+#include "cuda_utils.cuh"
 
 namespace sgpo {
 namespace {
 
-constexpr int kWarp = 32;
-constexpr unsigned kFullMask = 0xffffffffu;
+using cuda::block_allreduce;
+using cuda::kWarp;
+using cuda::Max;
+using cuda::Min;
+using cuda::Sum;
 constexpr int kScanItems = 4;              // consecutive elements per thread in a scan tile
 constexpr int64_t kLargeVocab = 8192;      // from here on, rows get the big block
 constexpr int kSmallBlock = 128, kLargeBlock = 1024;
@@ -59,36 +63,6 @@ struct WeightKey<double> {
 // exp(m - m) = 1.
 __device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
 __device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
-
-struct Sum {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a + b; }
-};
-struct Max {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a > b ? a : b; }
-};
-struct Min {
-  template <typename T>
-  __device__ T operator()(T a, T b) const { return a < b ? a : b; }
-};
-
-// Block all-reduce: every thread gets the same value, because every thread
-// combines the per-warp results from shared memory in the same order; so
-// branches on the result are uniform. scratch: kBlock / 32 shared elements,
-// free again on return.
-template <int kBlock, typename T, typename Op>
-__device__ __forceinline__ T block_allreduce(T v, Op op, T* scratch) {
-#pragma unroll
-  for (int o = kWarp / 2; o > 0; o /= 2) v = op(v, __shfl_xor_sync(kFullMask, v, o));
-  if (threadIdx.x % kWarp == 0) scratch[threadIdx.x / kWarp] = v;
-  __syncthreads();
-  T all = scratch[0];
-#pragma unroll
-  for (int w = 1; w < kBlock / kWarp; ++w) all = op(all, scratch[w]);
-  __syncthreads();
-  return all;
-}
 
 // Per-row parameters, all [B].
 struct RowParams {

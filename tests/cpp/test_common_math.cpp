@@ -125,6 +125,50 @@ void test_online_lse(double tol) {
   CHECK_CLOSE(fold<T>(std::vector<double>(64, -2.0), 0, 64).entropy(), std::log(64.0), tol);
 }
 
+// fold_max / merge_max carry accumulators other than OnlineLSE's, as decode
+// attention does: a softmax-weighted mean of values, folded in slices and
+// merged, equals the direct one.
+template <typename T>
+void test_online_softmax_weights(double tol) {
+  for (int trial = 0; trial < 100; ++trial) {
+    const size_t n = 1 + rng() % 200;
+    std::vector<double> x(n), v(n);
+    for (size_t i = 0; i < n; ++i) {
+      x[i] = static_cast<double>(static_cast<T>(uniform(-20, 20)));
+      v[i] = static_cast<double>(static_cast<T>(uniform(-3, 3)));
+    }
+    const double lse = direct_lse(x);
+    double want = 0;
+    for (size_t i = 0; i < n; ++i) want += std::exp(x[i] - lse) * v[i];
+
+    struct State { T m = sgpo::neg_inf<T>(), l = T(0), o = T(0); };
+    auto fold = [&](size_t begin, size_t end) {
+      State st;
+      for (size_t i = begin; i < end; ++i) {
+        const sgpo::Rescale<T> r = sgpo::fold_max(st.m, static_cast<T>(x[i]));
+        st.l = st.l * r.old + r.add;
+        st.o = st.o * r.old + r.add * static_cast<T>(v[i]);
+      }
+      return st;
+    };
+    const size_t a = rng() % (n + 1);
+    State s0 = fold(0, a);
+    const State s1 = fold(a, n);
+    const sgpo::Rescale<T> r = sgpo::merge_max(s0.m, s1.m);
+    s0.l = s0.l * r.old + s1.l * r.add;
+    s0.o = s0.o * r.old + s1.o * r.add;
+    CHECK_CLOSE(s0.o / s0.l, want, tol);
+    CHECK_CLOSE(fold(0, n).o / fold(0, n).l, want, tol);
+  }
+  // Merging with an empty side leaves the other unscaled.
+  T m = T(2);
+  const sgpo::Rescale<T> keep = sgpo::merge_max(m, sgpo::neg_inf<T>());
+  CHECK(m == T(2) && keep.old == T(1) && keep.add == T(0));
+  T e = sgpo::neg_inf<T>();
+  const sgpo::Rescale<T> take = sgpo::merge_max(e, T(2));
+  CHECK(e == T(2) && take.old == T(0) && take.add == T(1));
+}
+
 void test_clipped_surrogate() {
   const sgpo::ClipParams<double> params[] = {{0.2, 0.2, 0.0, false}, {0.2, 0.28, 0.0, false},
                                              {0.1, 0.3, 1.5, true}, {0.2, 0.2, 3.0, true}};
@@ -295,6 +339,8 @@ int main() {
   static_assert(std::is_same<sgpo::acc_t<float>, float>::value, "fp32 accumulates in fp32");
   test_online_lse<double>(1e-12);
   test_online_lse<float>(2e-5);
+  test_online_softmax_weights<double>(1e-12);
+  test_online_softmax_weights<float>(2e-5);
   test_clipped_surrogate();
   test_k3_and_token_terms();
   test_credit();

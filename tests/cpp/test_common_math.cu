@@ -16,6 +16,9 @@ __global__ void common_math_kernel(const T* x, int64_t n, T* out) {
   sgpo::OnlineLSE<T> a, b;
   for (int64_t i = 0; i < n; ++i) (i % 2 ? a : b).add(x[i]);
   a.merge(b);
+  T m = sgpo::neg_inf<T>();
+  const sgpo::Rescale<T> fr = sgpo::fold_max(m, x[0]);
+  const sgpo::Rescale<T> mr = sgpo::merge_max(m, x[1]);
   const sgpo::ClipParams<T> clip{T(0.2), T(0.28), T(2), true};
   const sgpo::Surrogate<T> s = sgpo::clipped_surrogate(x[0], x[1], clip);
   const sgpo::TokenTerms<T> t = sgpo::policy_token_terms(x[0], x[1], x[1], x[2], T(1), true, x[3], T(0.1), clip);
@@ -30,7 +33,7 @@ __global__ void common_math_kernel(const T* x, int64_t n, T* out) {
   out[5] = mom.mean + mom.std + sgpo::safe_div(x[0], x[1]);
   out[6] = T(sgpo::weight_key(static_cast<float>(x[5]))) + T(sgpo::key_weight(0x3f800000u));
   out[7] = T(sgpo::top_k_active(sp, n)) + T(sgpo::top_p_active(sp)) + sgpo::min_p_cut(sp, T(1));
-  out[8] = sgpo::max_(x[0], x[1]) + sgpo::neg_inf<T>() + sgpo::sqrt_(x[2]) + sgpo::log_(x[3]) + sgpo::exp_(x[4]);
+  out[8] = fr.old + fr.add + mr.old + mr.add + sgpo::max_(x[0], x[1]) + sgpo::neg_inf<T>() + sgpo::sqrt_(x[2]) + sgpo::log_(x[3]) + sgpo::exp_(x[4]);
 }
 
 template __global__ void common_math_kernel<float>(const float*, int64_t, float*);
