@@ -26,6 +26,8 @@
 #include <cmath>
 #include <limits>
 
+#include "checks.h"
+
 namespace sgpo {
 namespace {
 
@@ -37,10 +39,7 @@ at::ScalarType acc_dtype(const at::Tensor& t) {
 // enough for efficient GEMMs, small enough that the [chunk, V] buffer is a
 // rounding error next to the weight gradient.
 int64_t rows_per_chunk(std::optional<int64_t> chunk_size, int64_t vocab, const at::Tensor& like) {
-  if (chunk_size.has_value()) {
-    TORCH_CHECK(*chunk_size > 0, "chunk_size: expected a positive number of tokens, got ", *chunk_size);
-    return *chunk_size;
-  }
+  if (chunk_size.has_value()) return *chunk_size;
   const int64_t budget = like.is_cuda() ? (int64_t(1) << 26) : (int64_t(1) << 23);
   return std::max<int64_t>(1, budget / vocab);
 }
@@ -54,35 +53,37 @@ struct LMHead {
   int64_t chunk;
 };
 
+// hidden [..., H] float; weight [V, H] (hidden's dtype and device); bias [V]?;
+// targets [...] = hidden's shape without H, int64 (or int32) ids in [0, V).
 void check_lm_head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& targets) {
-  TORCH_CHECK(hidden.dim() >= 1, "hidden: expected [..., H], got a scalar");
-  TORCH_CHECK(at::isFloatingType(hidden.scalar_type()), "hidden: expected a float tensor, got ",
-              hidden.scalar_type());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(1) == hidden.size(-1), "weight: expected [V, H] with H = ",
-              hidden.size(-1), " (hidden's last dim), got ", weight.sizes());
-  TORCH_CHECK(weight.size(0) > 0, "weight: expected V > 0");
-  TORCH_CHECK(weight.scalar_type() == hidden.scalar_type(), "weight: dtype ", weight.scalar_type(),
-              " differs from hidden's ", hidden.scalar_type());
-  TORCH_CHECK(weight.device() == hidden.device(), "weight: on ", weight.device(), ", hidden on ",
-              hidden.device());
+                   const at::Tensor& targets, double temperature, std::optional<int64_t> chunk_size) {
+  CHECK_ARG(hidden.dim() >= 1, hidden, "expected [..., H], got a scalar");
+  CHECK_FLOAT(hidden);
+  CHECK_ARG(weight.dim() == 2 && weight.size(1) == hidden.size(-1), weight, "expected [V, H] with H = ",
+            hidden.size(-1), " (hidden's last dim), got ", weight.sizes());
+  CHECK_ARG(weight.size(0) > 0, weight, "expected V > 0");
+  CHECK_ARG(weight.scalar_type() == hidden.scalar_type(), weight, "dtype ", weight.scalar_type(),
+            " differs from hidden's ", hidden.scalar_type());
+  CHECK_DEVICE(weight, hidden);
   if (bias.has_value()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), "bias: expected [V] = [",
-                weight.size(0), "], got ", bias->sizes());
-    TORCH_CHECK(bias->scalar_type() == hidden.scalar_type(), "bias: dtype ", bias->scalar_type(),
-                " differs from hidden's ", hidden.scalar_type());
-    TORCH_CHECK(bias->device() == hidden.device(), "bias: expected device ", hidden.device());
+    CHECK_SHAPE(*bias, weight.size(0));
+    CHECK_ARG(bias->scalar_type() == hidden.scalar_type(), *bias, "dtype ", bias->scalar_type(),
+              " differs from hidden's ", hidden.scalar_type());
+    CHECK_DEVICE(*bias, hidden);
   }
-  TORCH_CHECK(targets.sizes() == hidden.sizes().slice(0, hidden.dim() - 1), "targets: expected shape ",
-              hidden.sizes().slice(0, hidden.dim() - 1), " (hidden without H), got ", targets.sizes());
-  TORCH_CHECK(targets.scalar_type() == at::kLong || targets.scalar_type() == at::kInt,
-              "targets: expected int64 token ids, got ", targets.scalar_type());
-  TORCH_CHECK(targets.device() == hidden.device(), "targets: expected device ", hidden.device());
-  if (targets.numel() > 0) {
+  CHECK_ARG(targets.sizes() == hidden.sizes().slice(0, hidden.dim() - 1), targets, "expected shape ",
+            hidden.sizes().slice(0, hidden.dim() - 1), " (hidden without H), got ", targets.sizes());
+  CHECK_ARG(targets.scalar_type() == at::kLong || targets.scalar_type() == at::kInt, targets,
+            "expected int64 token ids, got ", targets.scalar_type());
+  CHECK_DEVICE(targets, hidden);
+  if (targets.numel() > 0) {  // on CUDA a host sync, once per call (not per chunk)
     const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < weight.size(0), "targets: token ids must lie in [0, V = ", weight.size(0),
-                "), got min ", lo, " max ", hi);
+    CHECK_ARG(lo >= 0 && hi < weight.size(0), targets, "token ids must lie in [0, V = ", weight.size(0),
+              "), got min ", lo, " max ", hi);
   }
+  CHECK_ARG(temperature > 0 && std::isfinite(temperature), temperature, "expected > 0, got ", temperature);
+  CHECK_ARG(!chunk_size || *chunk_size > 0, chunk_size, "expected a positive number of tokens, got ",
+            chunk_size.value_or(0));
 }
 
 // active: [N] bool or undefined (all rows).
@@ -194,8 +195,7 @@ std::tuple<at::Tensor, at::Tensor> fused_logprobs(const LMHeadBackend& be, const
                                                   const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                                                   const at::Tensor& targets, double temperature,
                                                   std::optional<int64_t> chunk_size, bool return_entropy) {
-  check_lm_head(hidden, weight, bias, targets);
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "temperature: expected > 0, got ", temperature);
+  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
   const LMHead lm = make_lm_head(hidden, weight, bias, at::Tensor(), chunk_size);
   at::Tensor entropy;
   at::Tensor logp = active_logprobs(be, lm, targets.reshape({-1}).to(at::kLong).contiguous(),
@@ -208,10 +208,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_logprobs_backward(
     const LMHeadBackend& be, const at::Tensor& grad_logp, const at::Tensor& hidden, const at::Tensor& weight,
     const std::optional<at::Tensor>& bias, const at::Tensor& targets, double temperature,
     std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias) {
-  check_lm_head(hidden, weight, bias, targets);
-  TORCH_CHECK(grad_logp.sizes() == targets.sizes(), "grad_logp: expected shape ", targets.sizes(), ", got ",
-              grad_logp.sizes());
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "temperature: expected > 0, got ", temperature);
+  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
+  CHECK_ARG(grad_logp.sizes() == targets.sizes(), grad_logp, "expected shape ", targets.sizes(), ", got ",
+            grad_logp.sizes());
   const at::Tensor coef = grad_logp.reshape({-1}).to(acc_dtype(hidden));
   const LMHead lm = make_lm_head(hidden, weight, bias, coef != 0, chunk_size);
   const at::Tensor targets_r = active_rows(lm, targets.reshape({-1}).to(at::kLong));
@@ -234,34 +233,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_logprobs_backward(
 
 namespace {
 
-void check_per_token(const std::optional<at::Tensor>& t, const char* name, const at::Tensor& targets) {
-  if (!t.has_value()) return;
-  TORCH_CHECK(t->sizes() == targets.sizes(), name, ": expected shape ", targets.sizes(), " [B, T], got ",
-              t->sizes());
-  TORCH_CHECK(at::isFloatingType(t->scalar_type()), name, ": expected a float tensor, got ", t->scalar_type());
-  TORCH_CHECK(t->device() == targets.device(), name, ": expected device ", targets.device());
-}
 
 // Per-token weight w [B, T] with loss = sum(w * per_token_loss).
-at::Tensor aggregation_weights(const at::Tensor& maskf, const std::string& loss_type,
+at::Tensor aggregation_weights(const at::Tensor& maskf, LossType loss_type,
                                std::optional<int64_t> max_completion_length,
                                std::optional<double> num_items_in_batch) {
   const int64_t B = maskf.size(0), T = maskf.size(1);
-  if (loss_type == "grpo") return maskf / (maskf.sum(1, true).clamp_min(1.0) * double(B));
-  if (loss_type == "bnpo") return maskf / maskf.sum().clamp_min(1.0);
-  if (loss_type == "dapo") {
-    if (num_items_in_batch.has_value()) {
-      TORCH_CHECK(*num_items_in_batch > 0, "num_items_in_batch: expected > 0, got ", *num_items_in_batch);
-      return maskf / *num_items_in_batch;
-    }
-    return maskf / maskf.sum().clamp_min(1.0);
+  switch (loss_type) {
+    case LossType::Grpo: return maskf / (maskf.sum(1, true).clamp_min(1.0) * double(B));
+    case LossType::Bnpo: return maskf / maskf.sum().clamp_min(1.0);
+    case LossType::Dapo:
+      return num_items_in_batch ? maskf / *num_items_in_batch : maskf / maskf.sum().clamp_min(1.0);
+    case LossType::DrGrpo: return maskf / double(B * max_completion_length.value_or(T));
   }
-  if (loss_type == "dr_grpo") {
-    const int64_t L = max_completion_length.value_or(T);
-    TORCH_CHECK(L > 0, "max_completion_length: expected > 0, got ", L);
-    return maskf / double(B * L);
-  }
-  TORCH_CHECK(false, "loss_type: expected 'grpo', 'bnpo', 'dapo' or 'dr_grpo', got '", loss_type, "'");
+  TORCH_CHECK(false, "unreachable loss type");
 }
 
 }  // namespace
@@ -271,29 +256,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& bias, const at::Tensor& targets, const at::Tensor& mask,
     const at::Tensor& advantages, const std::optional<at::Tensor>& old_logp,
     const std::optional<at::Tensor>& ref_logp, double beta, double eps_low, double eps_high,
-    std::optional<double> delta, const std::string& loss_type, const std::string& level, double temperature,
+    std::optional<double> delta, LossType loss_type, ISLevel level, double temperature,
     std::optional<int64_t> max_completion_length, std::optional<double> num_items_in_batch,
     std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias) {
   // ---- checks -------------------------------------------------------------
-  TORCH_CHECK(hidden.dim() == 3, "hidden: expected [B, T, H], got ", hidden.sizes());
-  check_lm_head(hidden, weight, bias, targets);
+  // hidden [B, T, H]; mask, targets, old_logp?, ref_logp? [B, T];
+  // advantages [B] or [B, T] (plus check_lm_head's).
+  CHECK_ARG(hidden.dim() == 3, hidden, "expected [B, T, H], got ", hidden.sizes());
+  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
   const int64_t B = hidden.size(0), T = hidden.size(1), N = B * T;
-  TORCH_CHECK(mask.sizes() == targets.sizes(), "mask: expected shape ", targets.sizes(), " [B, T], got ",
-              mask.sizes());
-  TORCH_CHECK(mask.device() == hidden.device(), "mask: expected device ", hidden.device());
-  TORCH_CHECK(advantages.dim() >= 1 && advantages.size(0) == B &&
-                  (advantages.dim() == 1 || advantages.sizes() == targets.sizes()),
-              "advantages: expected [B] = [", B, "] or [B, T] = ", targets.sizes(), ", got ", advantages.sizes());
-  TORCH_CHECK(advantages.device() == hidden.device(), "advantages: expected device ", hidden.device());
-  check_per_token(old_logp, "old_logp", targets);
-  check_per_token(ref_logp, "ref_logp", targets);
-  TORCH_CHECK(temperature > 0 && std::isfinite(temperature), "temperature: expected > 0, got ", temperature);
-  TORCH_CHECK(eps_low >= 0 && eps_high >= 0, "eps_low, eps_high: expected >= 0, got ", eps_low, ", ", eps_high);
-  TORCH_CHECK(!delta.has_value() || *delta > 0, "delta: expected > 0, got ", delta.value_or(0));
-  TORCH_CHECK(beta >= 0, "beta: expected >= 0, got ", beta);
-  TORCH_CHECK(level == "token" || level == "sequence",
-              "importance_sampling_level: expected 'token' or 'sequence', got '", level, "'");
-  const bool seq_level = level == "sequence";
+  CHECK_SHAPE(mask, B, T);
+  CHECK_DEVICE(mask, hidden);
+  CHECK_ARG(advantages.dim() >= 1 && advantages.size(0) == B &&
+                (advantages.dim() == 1 || advantages.sizes() == targets.sizes()),
+            advantages, "expected [B] = [", B, "] or [B, T] = ", targets.sizes(), ", got ", advantages.sizes());
+  CHECK_FLOAT(advantages);
+  CHECK_DEVICE(advantages, hidden);
+  if (old_logp) {
+    CHECK_SHAPE(*old_logp, B, T);
+    CHECK_FLOAT(*old_logp);
+    CHECK_DEVICE(*old_logp, hidden);
+  }
+  if (ref_logp) {
+    CHECK_SHAPE(*ref_logp, B, T);
+    CHECK_FLOAT(*ref_logp);
+    CHECK_DEVICE(*ref_logp, hidden);
+  }
+  CHECK_NUMBER(beta, 0.0, INFINITY);
+  CHECK_NUMBER(eps_low, 0.0, INFINITY);
+  CHECK_NUMBER(eps_high, 0.0, INFINITY);
+  CHECK_ARG(!delta || (std::isfinite(*delta) && *delta > 0), delta, "expected > 0, got ", delta.value_or(0));
+  CHECK_ARG(!max_completion_length || *max_completion_length > 0, max_completion_length, "expected > 0, got ",
+            max_completion_length.value_or(0));
+  CHECK_ARG(!num_items_in_batch || (std::isfinite(*num_items_in_batch) && *num_items_in_batch > 0),
+            num_items_in_batch, "expected > 0, got ", num_items_in_batch.value_or(0));
+  const bool seq_level = level == ISLevel::Sequence;
 
   // ---- per-token inputs, [B, T] then the active rows [N'] -----------------
   const auto acc = acc_dtype(hidden);

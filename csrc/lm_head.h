@@ -10,6 +10,7 @@
 #include <c10/util/Optional.h>
 
 #include "common/policy_loss.h"
+#include "options.h"
 
 namespace sgpo {
 
@@ -64,8 +65,8 @@ fused_policy_loss(const LMHeadBackend& be, const at::Tensor& hidden, const at::T
                   const at::Tensor& mask, const at::Tensor& advantages,
                   const std::optional<at::Tensor>& old_logp,
                   const std::optional<at::Tensor>& ref_logp, double beta, double eps_low,
-                  double eps_high, std::optional<double> delta, const std::string& loss_type,
-                  const std::string& importance_sampling_level, double temperature,
+                  double eps_high, std::optional<double> delta, LossType loss_type,
+                  ISLevel importance_sampling_level, double temperature,
                   std::optional<int64_t> max_completion_length,
                   std::optional<double> num_items_in_batch, std::optional<int64_t> chunk_size,
                   bool grad_hidden, bool grad_weight, bool grad_bias);

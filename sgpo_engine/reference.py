@@ -1,6 +1,6 @@
 """Plain-PyTorch versions of every op: the executable spec.
 
-Each function here computes exactly what DESIGN.md section 3 says, in the
+Each function here computes exactly what docs/design.md section 3 says, in the
 most direct way (full logits, sorts, Python-level group loops where that is
 clearest). The extension's kernels are tested against these in float64, and
 `sgpo_engine.ops` falls back to them when the extension is not built.
@@ -13,11 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-SCOPES = ("all_negative", "all_incorrect", "off")
-CREDITS = ("sigmoid", "linear")
-SCALES = ("group", "batch", "none")
-LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")
-IS_LEVELS = ("token", "sequence")
+from .options import LOSS_TYPES
 
 
 # --------------------------------------------------------------------------

@@ -1,13 +1,13 @@
-"""ops.fused_policy_loss and ops.fused_logprobs against the reference (DESIGN.md section 3)."""
+"""ops.fused_policy_loss and ops.fused_logprobs against the reference (docs/design.md section 3)."""
 import pytest
 import torch
 
-from conftest import (F64, ErrorTally, check_logprobs, check_logprobs_lowp, check_policy_loss, check_policy_loss_lowp,
-                      lm_inputs, lowp_policy_case, policy_case, randn, ref_policy_loss, run_policy_loss)
-from sgpo_engine import ops, reference
+from op_checks import (F64, ErrorTally, check_logprobs, check_logprobs_lowp, check_policy_loss, check_policy_loss_lowp,
+                     lm_inputs, lowp_policy_case, policy_case, randn, ref_policy_loss, run_policy_loss)
+from sgpo_engine import ops, options, reference
 
-LOSS_TYPES = reference.LOSS_TYPES
-LEVELS = reference.IS_LEVELS
+LOSS_TYPES = options.LOSS_TYPES
+LEVELS = options.IS_LEVELS
 
 # (B, T, H, V): V and B*T not multiples of any vector width
 SHAPES = [(1, 13, 8, 37), (3, 5, 6, 101), (4, 3, 5, 7)]
@@ -89,7 +89,7 @@ def test_float_mask(gen, loss_type, level):
 
 @pytest.mark.parametrize("level", LEVELS)
 def test_float_mask_kl_mean(gen, level):
-    """kl_mean is the *masked* mean of k3 (DESIGN.md section 3): with a
+    """kl_mean is the *masked* mean of k3 (docs/design.md section 3): with a
     fractional mask each token's k3 is weighted by its mask value, exactly like
     the clip metrics. Checked against the reference and by hand."""
     inputs, kw = policy_case(gen, 3, 5, 6, 37, off_policy=True, ref=True, mask="float")
@@ -357,7 +357,7 @@ def test_policy_loss_errors(gen, over, kw, name):
 
 
 def test_bad_input_errors_are_value_errors(gen):
-    # Python-checkable problems are ValueError (DESIGN.md section 3), not C++ errors
+    # bad input is a ValueError naming the argument (docs/design.md section 3), raised by the C++ checks
     for over, kw in [(dict(weight=torch.zeros(7, 5, dtype=F64)), {}), ({}, dict(loss_type="ppo")),
                      ({}, dict(temperature=0.0)), ({}, dict(chunk_size=0)), ({}, dict(beta=-1.0)),
                      (dict(advantages=torch.zeros(3, dtype=F64)), {})]:

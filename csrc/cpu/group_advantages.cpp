@@ -28,12 +28,12 @@ bool credit_group(const scalar_t* r, const bool* correct, const acc* rts, int64_
                   const CreditParams<acc>& cp, acc* used) {
   bool any_correct = false;
   for (int64_t i = lo; i < hi; ++i) {
-    TORCH_CHECK(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
+    TORCH_CHECK_VALUE(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
     any_correct |= correct ? correct[i] : r[i] > scalar_t(0);
   }
   for (int64_t i = lo; i < hi; ++i) {
     // NaN marks "not judged"; anything else must be a score in [0, 1].
-    TORCH_CHECK(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
+    TORCH_CHECK_VALUE(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
                 rts ? double(rts[i]) : 0.0, " at index ", i);
     const bool ok = correct ? correct[i] : r[i] > scalar_t(0);
     used[i] = (rts && is_credited(ok, rts[i], !any_correct, cp.scope)) ? rts_credit(rts[i], cp) : acc(r[i]);
@@ -131,14 +131,6 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
                              acc(a.credit.credit_scale)};
   const acc eps = acc(a.eps);
 
-  // Offsets are checked here, where they are read anyway (no extra pass).
-  if (offs) {
-    TORCH_CHECK(offs[0] == 0 && offs[P] == N, "group_offsets: must start at 0 and end at N = ", N, ", got ",
-                offs[0], " and ", offs[P]);
-    for (int64_t g = 0; g < P; ++g)
-      TORCH_CHECK(offs[g + 1] > offs[g], "group_offsets: group ", g, " is empty or reversed (", offs[g], " -> ",
-                  offs[g + 1], ")");
-  }
   // float32 in groups of a fixed size 8m: the moments of eight groups per SIMD pass
   const bool simd = std::is_same_v<scalar_t, float> && !offs && a.group_size % cpu::kLanes == 0;
   at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {

@@ -195,7 +195,7 @@ void sample_typed(const at::Tensor& logits, const double* temperature, const int
       const acc m = row_weights(z, V, inv_temp, e.data());
       const double total = row_sum(e.data(), V);
       // every logit -inf gives NaN weights (inf - inf), so does a NaN or +inf logit
-      TORCH_CHECK(total > 0 && std::isfinite(total), "logits: row ", b,
+      TORCH_CHECK_VALUE(total > 0 && std::isfinite(total), "logits: row ", b,
                   " cannot be sampled (no finite logit, or a NaN / +inf one)");
       const acc cut = filter_cut(e, p, scratch);
       double kept = total;  // no filter: everything is kept

@@ -1,5 +1,5 @@
 """SGPO rewards: outcome rewards plus step-judge RTS for the responses in scope,
-ready for `sgpo_engine.ops.group_advantages` (DESIGN.md sections 1 and 3).
+ready for `sgpo_engine.ops.group_advantages` (docs/design.md sections 1 and 3).
 
     out = sgpo_rewards(problems, groups, golds, judge=None, *, references=None,
                        scope="all_negative", correct_reward=1.0, incorrect_reward=0.0,
@@ -31,10 +31,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ..options import SCOPES, check_choice
 from .answer import verify
 from .verdict import Verdict
-
-SCOPES = ("all_negative", "all_incorrect", "off")
 
 
 @dataclass
@@ -85,8 +84,7 @@ def sgpo_rewards(problems: Sequence[str], groups: Sequence[Sequence], golds: Seq
         raise ValueError(f"problems / groups / golds: lengths differ ({P}, {len(groups)}, {len(golds)})")
     if references is not None and len(references) != P:
         raise ValueError(f"references: length {len(references)}, expected {P} (one per problem)")
-    if scope not in SCOPES:
-        raise ValueError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    check_choice("scope", scope, SCOPES)
     if scope != "off" and judge is None:
         raise ValueError(f"judge: scope {scope!r} needs a judge (or pass scope='off')")
     for name, v in (("correct_reward", correct_reward), ("incorrect_reward", incorrect_reward)):
