@@ -52,7 +52,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from sgpo_engine import tasks  # noqa: E402
 from sgpo_engine.train import SGPOTrainer, TrainConfig  # noqa: E402
-from sgpo_engine.train.data import ArithSource  # noqa: E402
 
 PHASES = ("rollout", "reward", "update", "other")
 
@@ -272,7 +271,7 @@ def main(argv=None):
         print(f"model: {what} ({path}); {args.prompts} prompts x G={args.G}, k={args.min_ops}..{args.max_ops}, "
               f"{args.max_new_tokens} new tokens, lr {args.lr}, {args.threads} thread(s), "
               f"{args.warmup} warm-up + {args.steps} timed steps per engine")
-        src = ArithSource(args.min_ops, args.max_ops, args.seed)
+        src = tasks.ArithSource(args.min_ops, args.max_ops, args.seed)
         prompts_by_step = [src.batch(s, args.prompts) for s in range(args.warmup + args.steps)]
         seen = {"sgpo_grpo": [], "sgpo_sgpo": [], "trl_grpo": []}
         ours = {"sgpo_grpo": Ours(path, args, "off", seen["sgpo_grpo"]),

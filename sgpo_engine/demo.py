@@ -40,7 +40,7 @@ from typing import Optional, Sequence
 import torch
 
 from .train import SGPOTrainer, TrainConfig
-from .train.config import BUILTIN, apply_overrides
+from .train.config import apply_overrides
 
 # GRPO's learning rate: the best of SWEEP_LRS in `sgpo demo --full --sweep`
 # (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO. Every arm
@@ -55,7 +55,7 @@ ARMS = {
 
 ARM_COLORS = {"grpo": "tab:gray", "sgpo": "tab:blue", "sgpo-prefix": "tab:orange"}
 
-# The shared training settings of every arm (DESIGN.md section 6, regime B).
+# The shared training settings of every arm (docs/design.md section 6.8).
 BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
             temperature=1.0, lr=GRPO_LR, lr_schedule="constant", max_grad_norm=1.0, loss_type="dapo",
             micro_batch_size=64, tensorboard=False, keep_checkpoints=1)
@@ -106,7 +106,7 @@ def _run_arm(arm: str, settings: dict, seed: int, base: dict, overrides: list, o
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
              overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False,
              arms: Optional[Sequence[str]] = None) -> dict:
-    from .tasks import evaluate
+    from .tasks import evaluate, load_policy
     prof = PROFILES["quick" if quick else "full" if full else "default"]
     unknown = sorted(set(arms or ()) - set(ARMS))
     if unknown:
@@ -119,7 +119,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     ks = list(range(shared.task_min_ops, shared.task_max_ops + 1))
     os.makedirs(output, exist_ok=True)
     t0 = time.perf_counter()
-    start_eval = evaluate(_load(shared.model), ks=ks, n=prof["eval_n"])
+    start_eval = evaluate(load_policy(shared.model), ks=ks, n=prof["eval_n"])
     _log("warm start held-out greedy accuracy: " +
          ", ".join(f"{k} {v['accuracy']:.2f}" for k, v in start_eval.items()))
     start_acc = _mean_acc(start_eval)
@@ -167,12 +167,6 @@ def _earlier_sweep_runs(path: str, settings: dict, runs: dict) -> dict:
     kept = {a: dict(old["runs"].get(a, {})) for a in runs}
     _log(f"{path}: reusing {sum(map(len, kept.values()))} run(s) of an earlier sweep")
     return kept
-
-
-def _load(model: str):
-    from .model import load
-    from .tasks import load_warm_start
-    return load_warm_start() if model == BUILTIN else load(model)
 
 
 def _mean_acc(ev: dict) -> float:

@@ -1,13 +1,13 @@
 """The op-vs-reference checks of the CPU tests, on CUDA tensors (a
-representative subset). The checks themselves live in conftest.py and are
+representative subset). The checks themselves live in op_checks.py and are
 shared with the CPU tests; only the device differs."""
 import pytest
 import torch
 
-from conftest import (CHI_SQUARE_SETTINGS, F64, ErrorTally, check_group_advantages, check_logprobs_lowp,
-                      check_policy_loss_lowp, check_sample_exact, chi_square_check, chi_square_logits,
-                      lowp_policy_case, random_group_inputs, sample_grid, seed_of)
-from sgpo_engine import ops, reference
+from op_checks import (CHI_SQUARE_SETTINGS, F64, ErrorTally, check_decode_attention, check_group_advantages,
+                       check_logprobs_lowp, check_policy_loss_lowp, check_sample_exact, chi_square_check,
+                       chi_square_logits, lowp_policy_case, random_cache, random_group_inputs, sample_grid, seed_of)
+from sgpo_engine import ops, options, reference
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
@@ -15,11 +15,11 @@ CUDA = "cuda"
 LOWP = [torch.float32, torch.bfloat16, torch.float16]
 
 
-@pytest.mark.parametrize("scale", reference.SCALES)
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scale", options.SCALES)
+@pytest.mark.parametrize("scope", options.SCOPES)
 @pytest.mark.parametrize("sizes", [[4] * 6, [1, 3, 1, 7, 2, 1, 16, 8]], ids=["fixed", "ragged"])
 def test_group_advantages_cuda(gen, sizes, scope, scale):
-    for credit in reference.CREDITS:
+    for credit in options.CREDITS:
         r, c, s = random_group_inputs(gen, sizes, device=CUDA)
         if len(set(sizes)) == 1:
             check_group_advantages(r, group_size=sizes[0], correct=c, rts=s, scope=scope, credit=credit, scale=scale)
@@ -42,8 +42,8 @@ def test_group_advantages_cuda_exact_zero():
         assert torch.equal(out.group_std, torch.zeros_like(out.group_std))
 
 
-@pytest.mark.parametrize("level", reference.IS_LEVELS)
-@pytest.mark.parametrize("loss_type", reference.LOSS_TYPES)
+@pytest.mark.parametrize("level", options.IS_LEVELS)
+@pytest.mark.parametrize("loss_type", options.LOSS_TYPES)
 @pytest.mark.parametrize("dtype", LOWP, ids=str)
 def test_policy_loss_cuda(gen, dtype, loss_type, level):
     """Forward and backward in low precision on CUDA, within ~2x the error of
@@ -99,3 +99,15 @@ def test_sample_cuda_low_precision(gen, dtype):
     assert torch.equal(greedy, logits.to(dtype).argmax(-1))
     one, _ = ops.sample(logits.to(dtype), temperature=1.3, min_p=1.0)
     assert ((one >= 0) & (one < 50)).all()
+
+
+@pytest.mark.parametrize("D", [16, 13, 64, 128])
+@pytest.mark.parametrize("window", [0, 4])
+@pytest.mark.parametrize("Hkv", [1, 2, 8])
+def test_decode_attention_cuda(D, window, Hkv):
+    check_decode_attention(random_cache(D * 100 + window * 10 + Hkv, F64, D=D, Hkv=Hkv, device=CUDA), window=window)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2), (torch.float16, 5e-3)], ids=str)
+def test_decode_attention_cuda_low_precision(dtype, tol):
+    check_decode_attention(random_cache(5, dtype, device=CUDA), rtol=tol, atol=tol)

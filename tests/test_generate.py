@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import sgpo_engine as se
-from sgpo_engine import ops, reference
+from op_checks import check_decode_attention, random_cache
+from sgpo_engine import ops
 from sgpo_engine.generation import generate
 
 tm = pytest.importorskip("tiny_models")
@@ -147,35 +148,16 @@ def test_context_cap_and_bad_prompts(checkpoints):
 
 
 # ----------------------------------------------------------------- decode_attention op
-def random_cache(seed, dtype, S=7, Hq=8, Hkv=2, D=16, P=3, Lp=9, C=10, Ls=6):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g).to(dtype)
-    q, pk, pv, sk, sv = r(S, Hq, D), r(P, Hkv, Lp, D), r(P, Hkv, Lp, D), r(C, Hkv, Ls, D), r(C, Hkv, Ls, D)
-    plen = torch.randint(0, Lp + 1, (P,), generator=g)
-    plen[0] = 0  # a prompt with no keys
-    pof = torch.randint(0, P, (S,), generator=g)
-    slen = torch.randint(0, Ls + 1, (S,), generator=g)
-    slot = torch.randperm(C, generator=g)[:S]
-    return q, pk, pv, plen, pof, sk, sv, slen, slot
-
-
 @pytest.mark.parametrize("D", [16, 13, 64])
 @pytest.mark.parametrize("window", [0, 1, 4])
 @pytest.mark.parametrize("Hkv", [1, 2, 8])
 def test_decode_attention_matches_reference_fp64(D, window, Hkv):
-    args = random_cache(D * 100 + window * 10 + Hkv, torch.float64, D=D, Hkv=Hkv)
-    got = ops.decode_attention(*args, window=window)
-    want = reference.decode_attention(*args, scale=D ** -0.5, window=window)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    assert torch.isfinite(got).all()
+    check_decode_attention(random_cache(D * 100 + window * 10 + Hkv, torch.float64, D=D, Hkv=Hkv), window=window)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
 def test_decode_attention_low_precision(dtype, tol):
-    args = random_cache(5, dtype)
-    want = reference.decode_attention(*[a.double() if a.is_floating_point() else a for a in args], scale=0.25)
-    got = ops.decode_attention(*args)
-    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol)
+    check_decode_attention(random_cache(5, dtype), rtol=tol, atol=tol)
 
 
 def test_decode_attention_bad_input():

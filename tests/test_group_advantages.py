@@ -1,12 +1,12 @@
-"""ops.group_advantages against reference.group_advantages (DESIGN.md section 3)."""
+"""ops.group_advantages against reference.group_advantages (docs/design.md section 3)."""
 import math
 import statistics
 
 import pytest
 import torch
 
-from conftest import F64, check_group_advantages, offsets_of, random_group_inputs, reference_group_advantages
-from sgpo_engine import ops, reference
+from op_checks import F64, check_group_advantages, offsets_of, random_group_inputs
+from sgpo_engine import ops, options
 
 GROUP_SIZES = (1, 2, 3, 7, 8, 16)
 RAGGED = ([1, 3, 1, 7, 2, 1, 16, 8], [5], [1], [2, 1, 1, 4, 3])
@@ -19,9 +19,9 @@ def random_params(g):
                 credit_scale=float(torch.empty(1).uniform_(0.1, 0.9, generator=g)))
 
 
-@pytest.mark.parametrize("scale", reference.SCALES)
-@pytest.mark.parametrize("credit", reference.CREDITS)
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scale", options.SCALES)
+@pytest.mark.parametrize("credit", options.CREDITS)
+@pytest.mark.parametrize("scope", options.SCOPES)
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
 def test_matches_reference_fixed_groups(gen, group_size, scope, credit, scale):
     sizes = [group_size] * 3
@@ -34,9 +34,9 @@ def test_matches_reference_fixed_groups(gen, group_size, scope, credit, scale):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("scale", reference.SCALES)
-@pytest.mark.parametrize("credit", reference.CREDITS)
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scale", options.SCALES)
+@pytest.mark.parametrize("credit", options.CREDITS)
+@pytest.mark.parametrize("scope", options.SCOPES)
 @pytest.mark.parametrize("sizes", RAGGED, ids=lambda s: "-".join(map(str, s)))
 def test_matches_reference_ragged(gen, sizes, scope, credit, scale):
     r, c, s = random_group_inputs(gen, sizes)
@@ -47,7 +47,7 @@ def test_matches_reference_ragged(gen, sizes, scope, credit, scale):
 @pytest.mark.parametrize("nan_share", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("with_rts", [False, True])
 @pytest.mark.parametrize("with_correct", [False, True])
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scope", options.SCOPES)
 def test_credit_inputs_present_or_not(gen, scope, with_correct, with_rts, nan_share):
     sizes = [3, 1, 8, 2, 8]
     r, c, s = random_group_inputs(gen, sizes, correct=with_correct, rts=with_rts, nan_share=nan_share)
@@ -82,7 +82,7 @@ def test_without_correct_positive_reward_counts_as_correct():
     assert out.all_negative.tolist() == [True, False, True, False]
 
 
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scope", options.SCOPES)
 def test_all_negative_flags(gen, scope):
     sizes = [3, 3, 1, 1, 4, 2]
     c = torch.tensor([0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0], dtype=torch.bool)
@@ -117,7 +117,7 @@ def test_all_equal_credit_gives_exact_zero(scale):
     assert torch.equal(out.group_std, torch.zeros(2, dtype=F64))
 
 
-@pytest.mark.parametrize("scale", reference.SCALES)
+@pytest.mark.parametrize("scale", options.SCALES)
 def test_group_of_one(gen, scale):
     r = torch.randn(5, generator=gen, dtype=F64)
     out = ops.group_advantages(r, group_size=1, scale=scale)
@@ -205,7 +205,7 @@ def test_scope_off_is_plain_grpo(gen):
 
 
 # ---- low precision ---------------------------------------------------------------
-@pytest.mark.parametrize("scale", reference.SCALES)
+@pytest.mark.parametrize("scale", options.SCALES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_low_precision_rewards(gen, dtype, scale):
     sizes = [1, 3, 7, 8, 16, 2]
@@ -217,9 +217,9 @@ def test_low_precision_rewards(gen, dtype, scale):
 
 # float32 in fixed groups of 8m runs eight groups per SIMD pass (csrc/cpu/group_advantages.cpp);
 # 13 groups = one SIMD pass of 8 + 5 scalar groups.
-@pytest.mark.parametrize("scale", reference.SCALES)
-@pytest.mark.parametrize("credit", reference.CREDITS)
-@pytest.mark.parametrize("scope", reference.SCOPES)
+@pytest.mark.parametrize("scale", options.SCALES)
+@pytest.mark.parametrize("credit", options.CREDITS)
+@pytest.mark.parametrize("scope", options.SCOPES)
 @pytest.mark.parametrize("inputs", ["correct+rts", "rts", "correct", "none"])
 @pytest.mark.parametrize("group_size,groups", [(8, 13), (16, 8), (24, 17)])
 def test_float32_simd_groups(gen, group_size, groups, inputs, scope, credit, scale):
@@ -304,7 +304,7 @@ def test_bad_input_raises_value_error_naming_argument(kwargs, name):
         ops.group_advantages(r, **kwargs)
 
 
-# the C++ op checks what it reads itself (RuntimeError naming the argument)
+# the C++ op owns the checks: called raw, it still raises ValueError naming the argument
 def _raw(rewards, offsets=None, rts=None, group_size=0):
     correct = None if rts is None else torch.zeros_like(rewards, dtype=torch.bool)
     return torch.ops.sgpo.group_advantages(rewards, group_size, offsets, correct, rts, "all_negative", "sigmoid",
@@ -324,5 +324,5 @@ def test_raw_op_checks(case, name):
     r = torch.zeros(6, dtype=F64)
     if case.pop("nonfinite", False):
         r[4] = float("nan")
-    with pytest.raises(RuntimeError, match=name):
+    with pytest.raises(ValueError, match=name):
         _raw(r, **case)

@@ -5,12 +5,13 @@ import os
 import pytest
 import torch
 
-from conftest import F64, has_cxx_compiler, lm_inputs, policy_case, random_group_inputs
+from op_checks import F64, has_cxx_compiler, lm_inputs, policy_case, random_cache, random_group_inputs
 from sgpo_engine import ops
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 
-OPS = ("group_advantages", "sample", "fused_policy_loss", "fused_logprobs", "fused_logprobs_backward")
+OPS = ("group_advantages", "sample", "decode_attention", "fused_policy_loss", "fused_logprobs",
+       "fused_logprobs_backward")
 
 
 def test_every_op_is_registered():
@@ -70,9 +71,15 @@ def _logprobs_backward_samples(g):
         yield (gl, h, w, None, t, 1.0, None, True, False, False)
 
 
+def _decode_attention_samples(g):
+    for dtype, window in ((F64, 0), (torch.float32, 3), (torch.bfloat16, 0)):
+        yield (*random_cache(int(torch.randint(0, 1 << 30, (), generator=g)), dtype), 0.25, window)
+
+
 SAMPLES = {
     "group_advantages": _group_advantages_samples,
     "sample": _sample_samples,
+    "decode_attention": _decode_attention_samples,
     "fused_policy_loss": _policy_loss_samples,
     "fused_logprobs": _logprobs_samples,
     "fused_logprobs_backward": _logprobs_backward_samples,

@@ -13,7 +13,7 @@ from sgpo_engine.tasks import (ArithTask, VOCAB, WARM_START_DIR, build_tokenizer
                                premature_answer, response_lines, save_tokenizer, step_judge, verify)
 from sgpo_engine.tasks.tokenizer import BOS_ID, EOS_ID, PAD_ID, encode_chars
 
-# 17+5-3+8= : the example of DESIGN.md section 6
+# 17+5-3+8= : the example of docs/design.md section 6.8
 EXAMPLE = make_problem(17, [("+", 5), ("-", 3), ("+", 8)])
 REF = EXAMPLE.reference
 

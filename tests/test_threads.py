@@ -4,7 +4,7 @@ and are compared with the reference / with a single-threaded run."""
 import pytest
 import torch
 
-from conftest import F64, check_group_advantages, check_logprobs, check_policy_loss, lm_inputs, policy_case, \
+from op_checks import F64, check_group_advantages, check_logprobs, check_policy_loss, lm_inputs, policy_case, \
     random_group_inputs, sample_grid
 from sgpo_engine import ops
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import torch
 
-_MASK64 = (1 << 64) - 1
-
 
 def _to_signed(x: int) -> int:
     return x - (1 << 64) if x >= 1 << 63 else x

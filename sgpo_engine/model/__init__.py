@@ -1,9 +1,9 @@
 """The model layer: HF config parsing, the decoder, RoPE, tokenizer, and
-safetensors load/save (DESIGN.md sections 2 and 4)."""
+safetensors load/save (docs/design.md sections 2 and 4.1)."""
 from .config import ModelConfig, RopeScaling, SUPPORTED_ARCHITECTURES, SUPPORTED_ROPE_TYPES, parse_dtype
 from .decoder import AttentionFn, Decoder
-from .io import load, save
-from .policy import Policy
+from .io import save
+from .policy import Policy, load
 from .tokenizer import Tokenizer
 
 __all__ = ["ModelConfig", "RopeScaling", "SUPPORTED_ARCHITECTURES", "SUPPORTED_ROPE_TYPES", "parse_dtype",

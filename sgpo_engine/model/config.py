@@ -185,11 +185,6 @@ class ModelConfig:
         if len(self.sliding_layers) != self.num_hidden_layers:
             bad("layer_types", f"expected {self.num_hidden_layers} entries, got {len(self.sliding_layers)}")
 
-    @property
-    def num_kv_groups(self) -> int:
-        """Query heads per key/value head (GQA)."""
-        return self.num_attention_heads // self.num_key_value_heads
-
     def layer_sliding_window(self, layer_idx: int) -> Optional[int]:
         """The sliding window of one layer in tokens (a query at sequence index i
         sees keys at indices j with i - window < j <= i), or None for full causal

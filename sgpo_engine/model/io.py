@@ -1,11 +1,14 @@
-"""Load and save Hugging Face-format checkpoints (config.json + safetensors).
+"""Read and write Hugging Face-format checkpoints (config.json + safetensors).
 
-`load` is all-or-nothing: every tensor the config implies must be present
-with its shape, nothing else may be (except what transformers itself ignores),
-and any problem is a ValueError naming the file and the tensor. `save` writes
-a folder that transformers' from_pretrained reads, into a temporary sibling
+`read_folder` is all-or-nothing: every tensor the config implies must be
+present with its shape, nothing else may be (except what transformers itself
+ignores), and any problem is a ValueError naming the file and the tensor; it
+returns the parts of a Policy (policy.py's `load` builds it). `save` writes a
+folder that transformers' from_pretrained reads, into a temporary sibling
 folder that is renamed into place, so a crash never leaves a half-written
-checkpoint under the target name.
+checkpoint under the target name. This module knows the Policy only by the
+attributes `save` reads (state_dict(), config, dtype, generation_config,
+tokenizer), so policy.py can import it and not the other way round.
 """
 from __future__ import annotations
 
@@ -14,12 +17,12 @@ import os
 import re
 import shutil
 import uuid
+from typing import Optional
 
 import torch
 
 from .config import ModelConfig, dtype_name, parse_dtype
 from .decoder import Decoder
-from .policy import Policy
 from .tokenizer import Tokenizer
 from .files import fsync_dir, read_json
 
@@ -150,14 +153,11 @@ def _read_tensors(plan: dict[str, tuple[str, str]], dtype: torch.dtype, device) 
     return out
 
 
-def load(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = True) -> Policy:
-    """Loads a Hugging Face-format folder into a Policy.
-
-    dtype: 'fp32'/'bf16'/'fp16' (or the long names, or a torch.dtype); default
-      the config.json dtype, else float32.
-    device: where the parameters go (default CPU).
-    tokenizer: load tokenizer.json when present (Policy.tokenizer is None otherwise).
-    """
+def read_folder(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = True
+                ) -> tuple[ModelConfig, Decoder, Optional[Tokenizer], Optional[dict]]:
+    """Reads a Hugging Face-format folder: (config, decoder, tokenizer,
+    generation_config), the arguments of Policy(...). See policy.load for
+    dtype, device and tokenizer."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise ValueError(f"{path}: checkpoint folder not found")
@@ -179,7 +179,7 @@ def load(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = Tru
     if tokenizer and os.path.isfile(os.path.join(path, "tokenizer.json")):
         tok = Tokenizer.from_folder(path)
     gen = read_json(os.path.join(path, "generation_config.json"))
-    return Policy(config, decoder, tok, gen)
+    return config, decoder, tok, gen
 
 
 # ----------------------------------------------------------------------
@@ -234,7 +234,7 @@ def _fsync_tree(folder: str) -> None:
     fsync_dir(folder)
 
 
-def _write_checkpoint(policy: Policy, folder: str, max_shard_size: int) -> None:
+def _write_checkpoint(policy, folder: str, max_shard_size: int) -> None:
     from safetensors.torch import save_file
     state = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}  # [*] per tensor
     metadata = {"format": "pt"}  # transformers refuses safetensors files without it
@@ -263,8 +263,8 @@ def _write_checkpoint(policy: Policy, folder: str, max_shard_size: int) -> None:
         policy.tokenizer.save(folder)
 
 
-def save(policy: Policy, path: str | os.PathLike, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
-    """Writes `policy` as a Hugging Face folder: model.safetensors (sharded with
+def save(policy, path: str | os.PathLike, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+    """Writes `policy` (a Policy) as a Hugging Face folder: model.safetensors (sharded with
     an index above max_shard_size), config.json (with the current dtype),
     generation_config.json, and the tokenizer files.
 
@@ -296,4 +296,4 @@ def save(policy: Policy, path: str | os.PathLike, max_shard_size: int | str = DE
         raise
 
 
-__all__ = ["load", "save", "expected_shapes", "parse_size", "dtype_name"]
+__all__ = ["read_folder", "save", "expected_shapes", "parse_size", "dtype_name"]

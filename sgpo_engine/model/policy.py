@@ -1,4 +1,4 @@
-"""Policy: a decoder with its config and tokenizer, the object the engine trains and samples from."""
+"""Policy (a decoder with its config and tokenizer, the object the engine trains and samples from) and `load`."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import torch
 
 from .config import ModelConfig, parse_dtype
 from .decoder import AttentionFn, Decoder
+from .io import read_folder, save
 from .tokenizer import Tokenizer
 
 
@@ -52,7 +53,7 @@ class Policy:
 
     # ------------------------------------------------------------------
     def save(self, path: str | os.PathLike, **kwargs) -> None:
-        from .io import save
+        """Writes this policy as a Hugging Face folder (see io.save for max_shard_size)."""
         save(self, path, **kwargs)
 
     def to(self, *args, **kwargs) -> "Policy":
@@ -103,3 +104,14 @@ class Policy:
         n = sum(p.numel() for p in self.parameters())
         return (f"Policy({c.architecture}, layers={c.num_hidden_layers}, hidden={c.hidden_size}, "
                 f"vocab={c.vocab_size}, params={n:,}, dtype={self.dtype}, device={self.device})")
+
+
+def load(path: str | os.PathLike, dtype=None, device=None, tokenizer: bool = True) -> Policy:
+    """Loads a Hugging Face-format folder into a Policy (io.read_folder: all or nothing).
+
+    dtype: 'fp32'/'bf16'/'fp16' (or the long names, or a torch.dtype); default
+      the config.json dtype, else float32.
+    device: where the parameters go (default CPU).
+    tokenizer: load tokenizer.json when present (Policy.tokenizer is None otherwise).
+    """
+    return Policy(*read_folder(path, dtype=dtype, device=device, tokenizer=tokenizer))

@@ -1,4 +1,4 @@
-"""The built-in synthetic task: left-to-right `+`/`-` chains (DESIGN.md section 6).
+"""The built-in synthetic task: left-to-right `+`/`-` chains (docs/design.md section 6.8).
 
 A problem starts from a value in 0..99 and applies k operations, each adding
 or subtracting an operand in 1..99, so that the running value stays in 0..99:

@@ -1,4 +1,4 @@
-"""The task's tiny model and its supervised warm start (DESIGN.md section 6).
+"""The task's tiny model and its supervised warm start (docs/design.md section 6.8).
 
 `model_config()` is a Llama decoder of about 0.6M parameters (hidden 128,
 3 layers, 4 heads, SwiGLU 352, tied embeddings): the Llama counterpart of the

@@ -16,7 +16,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-BUILTIN = "builtin:arith"
+from .. import options
+from ..tasks.builtin import BUILTIN  # the built-in task's (and its model's) name
 
 
 @dataclass
@@ -105,14 +106,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
-                       scope=("all_negative", "all_incorrect", "off"), credit=("sigmoid", "linear"),
-                       credit_assignment=("sequence", "prefix"),
-                       adv_scale=("group", "batch", "none"), loss_type=("grpo", "bnpo", "dapo", "dr_grpo"),
-                       importance_sampling_level=("token", "sequence"), lr_schedule=("cosine", "constant"),
+                       scope=options.SCOPES, credit=options.CREDITS, credit_assignment=options.CREDIT_ASSIGNMENTS,
+                       adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
+                       importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
                        dtype=("float32", "bfloat16", "float16"))
-        for name, options in choices.items():
-            if getattr(self, name) not in options:
-                raise ValueError(f"config field '{name}': expected one of {options}, got {getattr(self, name)!r}")
+        for name, allowed in choices.items():
+            options.check_choice(f"config field '{name}'", getattr(self, name), allowed)
         positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "mu", "max_steps",
                     "save_every", "keep_checkpoints", "judge_concurrency")
         for name in positive:

@@ -38,6 +38,16 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def sum_named(self, *parts: dict[str, float]) -> list[dict[str, float]]:
+        """`sum` of named values, several dicts in one collective: each dict
+        with its sums over ranks (every rank passes the same names, in order)."""
+        total = self.sum([v for d in parts for v in d.values()])
+        out, i = [], 0
+        for d in parts:
+            out.append(dict(zip(d, total[i:i + len(d)])))
+            i += len(d)
+        return out
+
     def all_gather_floats(self, values: list[float]) -> list[float]:
         """Concatenation over ranks, in rank order (lengths may differ)."""
         if self.world == 1:

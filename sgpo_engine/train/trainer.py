@@ -28,10 +28,10 @@ from .. import ops
 from ..generation.rng import mix_seeds
 from ..judge import sgpo_rewards
 from ..progress import Progress
+from ..tasks import Example, Task, load_policy, make_task
 from . import checkpoint as ckpt
-from .config import BUILTIN, TrainConfig, to_toml
+from .config import TrainConfig, to_toml
 from .credit import prefix_reach, token_advantages
-from .data import ArithSource, Example, JsonlSource
 from .distributed import Dist
 from .metrics import MetricsWriter
 from .rollout import LocalRollout, OpenAIRollout
@@ -43,26 +43,26 @@ class SGPOTrainer:
     """Trains `policy` with SGPO (or plain GRPO with scope="off").
 
     Anything not given is built from the config: the policy (`model`), the
-    prompt source (`dataset`), the verifier(response_text, answer) -> bool,
-    the judge (an object with .judge(problems, responses, references)), the
-    rollout (a callable (examples, seeds) -> completions per example).
+    task (`dataset`: a sgpo_engine.tasks.Task, see make_task) and from it the
+    prompt source, the verifier(response_text, answer) -> bool and the judge
+    (an object with .judge(problems, responses, references)), the rollout (a
+    callable (examples, seeds) -> completions per example). The task's own
+    metrics and evaluation come with it.
     """
 
     def __init__(self, config: TrainConfig, policy=None, source=None,
-                 verifier: Optional[Callable] = None, judge=None, rollout=None):
+                 verifier: Optional[Callable] = None, judge=None, rollout=None, task: Optional[Task] = None):
         self.cfg = cfg = config.validate()
         self.dist = Dist(cfg.device)
         self.device = torch.device(self.dist.device)
         torch.manual_seed(cfg.seed)
-        self.builtin = cfg.dataset == BUILTIN
-        self.policy = policy if policy is not None else self._load_policy()
+        self.task = task if task is not None else make_task(cfg)
+        self.policy = policy if policy is not None else load_policy(cfg.model, dtype=cfg.dtype)
         self.policy.to(self.device)
         self.policy.decoder.gradient_checkpointing = cfg.gradient_checkpointing
-        self.source = source or (ArithSource(cfg.task_min_ops, cfg.task_max_ops, cfg.seed) if self.builtin
-                                 else JsonlSource(cfg.dataset, cfg.prompt_field, cfg.answer_field,
-                                                  cfg.reference_field, cfg.seed))
-        self.verifier = verifier or self._default_verifier()
-        self.judge = judge if judge is not None else self._default_judge()
+        self.source = source or self.task.source()
+        self.verifier = verifier or self.task.verify
+        self.judge = judge if judge is not None else self.task.make_judge(cfg, self.policy)
         self.rollout = rollout or (OpenAIRollout(self.policy, cfg) if cfg.rollout == "openai"
                                    else LocalRollout(self.policy, cfg))
         if cfg.credit_assignment == "prefix" and self.policy.tokenizer is None:
@@ -87,35 +87,6 @@ class SGPOTrainer:
             self.metrics = MetricsWriter(cfg.output, cfg.tensorboard, resume_step=self.step)
 
     # ------------------------------------------------------------------ setup
-    def _load_policy(self):
-        from ..model import load
-        if self.cfg.model == BUILTIN:
-            from ..tasks import load_warm_start
-            return load_warm_start(dtype=self.cfg.dtype)
-        return load(self.cfg.model, dtype=self.cfg.dtype)
-
-    def _default_verifier(self):
-        if self.builtin:
-            from ..tasks import verify
-            return verify
-        from ..judge import verify
-        return verify
-
-    def _default_judge(self):
-        cfg = self.cfg
-        if cfg.judge == "none" or cfg.scope == "off":
-            return None
-        if cfg.judge == "builtin":
-            from ..tasks import make_judge
-            return make_judge()
-        if cfg.judge == "http":
-            from ..judge import HTTPJudge
-            return HTTPJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env,
-                             concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
-                             step_mode=cfg.step_mode)
-        from ..judge import LocalJudge
-        return LocalJudge(self.policy, step_mode=cfg.step_mode)
-
     def _frozen_copy(self):
         ref = copy.copy(self.policy)
         ref.decoder = copy.deepcopy(self.policy.decoder).eval().requires_grad_(False)
@@ -194,7 +165,7 @@ class SGPOTrainer:
         self.step += 1
         metrics = self._metrics(mine, groups, rew, batch, update, t_rollout, t_update,
                                 time.perf_counter() - t_start)
-        if self.builtin and cfg.eval_every and self.step % cfg.eval_every == 0:
+        if self.task.has_evaluation and cfg.eval_every and self.step % cfg.eval_every == 0:
             metrics.update(self.evaluate())
         if self.metrics:
             self.metrics.write(metrics)
@@ -350,57 +321,43 @@ class SGPOTrainer:
     # ------------------------------------------------------------------ metrics
     def _metrics(self, examples, groups, rew, batch, update, t_rollout, t_update, t_step) -> dict:
         flat = [c for g in groups for c in g]
-        local = [0.0] * 12
+        sums = dict.fromkeys(("responses", "correct", "reward", "sgpo_reward", "all_negative", "groups", "credited",
+                              "rts", "judged", "judge_failures", "response_tokens"), 0.0)
         if flat:
             out, adv = rew["sgpo"], rew["adv"]
             judged = ~torch.isnan(out.rts)
-            local = [len(flat), float(out.correct.sum()), float(out.rewards.sum()), float(adv.rewards.sum()),
-                     float(adv.all_negative.sum()), float(len(examples)), float(rew["credited"].sum()),
-                     float(out.rts[judged].sum()), float(judged.sum()), float(out.failed),
-                     float(sum(len(c.token_ids) for c in flat)), 0.0]
-        g = self.dist.sum(local)
-        t_roll, t_upd = max(self.dist.all_gather_floats([t_rollout])), max(self.dist.all_gather_floats([t_update]))
-        n = max(g[0], 1.0)
+            sums.update(responses=float(len(flat)), correct=float(out.correct.sum()),
+                        reward=float(out.rewards.sum()), sgpo_reward=float(adv.rewards.sum()),
+                        all_negative=float(adv.all_negative.sum()), groups=float(len(examples)),
+                        credited=float(rew["credited"].sum()), rts=float(out.rts[judged].sum()),
+                        judged=float(judged.sum()), judge_failures=float(out.failed),
+                        response_tokens=float(sum(len(c.token_ids) for c in flat)))
+        sums["train_tokens"] = float(batch["input_ids"].numel())
+        sums["credit_fallbacks"] = float(batch["credit_fallbacks"])
+        g, task = self.dist.sum_named(sums, self.task.metric_sums(examples, groups))
+        times = self.dist.all_gather_floats([t_rollout, t_update])  # per rank: rollout, update
+        t_roll, t_upd = max(times[0::2]), max(times[1::2])
+        n = max(g["responses"], 1.0)
         m = {
             "step": self.step, "loss": update["loss"],
-            "reward_mean": g[2] / n, "sgpo_reward_mean": g[3] / n, "accuracy": g[1] / n,
-            "all_negative_frac": g[4] / max(g[5], 1.0), "credited_frac": g[6] / n,
-            "rts_mean": g[7] / g[8] if g[8] else float("nan"), "judge_failures": int(g[9]),
+            "reward_mean": g["reward"] / n, "sgpo_reward_mean": g["sgpo_reward"] / n, "accuracy": g["correct"] / n,
+            "all_negative_frac": g["all_negative"] / max(g["groups"], 1.0), "credited_frac": g["credited"] / n,
+            "rts_mean": g["rts"] / g["judged"] if g["judged"] else float("nan"),
+            "judge_failures": int(g["judge_failures"]),
             "clip_ratio_low": update["clip_ratio_low"], "clip_ratio_high": update["clip_ratio_high"],
             "kl_mean": update["kl_mean"], "grad_norm": update["grad_norm"],
             "lr": update["lr"],
-            "response_len_mean": g[10] / n,
-            "rollout_tokens_per_s": g[10] / max(t_roll, 1e-9),
-            "train_tokens_per_s": self.dist.sum([float(batch["input_ids"].numel())])[0] / max(t_upd, 1e-9),
+            "response_len_mean": g["response_tokens"] / n,
+            "rollout_tokens_per_s": g["response_tokens"] / max(t_roll, 1e-9),
+            "train_tokens_per_s": g["train_tokens"] / max(t_upd, 1e-9),
             "step_seconds": t_step,
         }
         if self.cfg.credit_assignment == "prefix":  # judged responses whose steps did not map onto tokens
-            m["credit_fallbacks"] = int(self.dist.sum([float(batch["credit_fallbacks"])])[0])
-        if self.builtin:
-            m.update(self._task_metrics(examples, groups))
+            m["credit_fallbacks"] = int(g["credit_fallbacks"])
+        m.update(self.task.metrics(task))
         return m
 
-    def _task_metrics(self, examples, groups) -> dict:
-        """Anti-gaming view of the built-in task: premature answers and the
-        correct-prefix share (mean RTS of all responses) beside accuracy."""
-        from ..tasks import correct_prefix, premature_answer
-        vals = [0.0, 0.0, 0.0]
-        for e, g in zip(examples, groups):
-            if "problem" not in e.meta:  # a custom source's example (config dataset left at builtin)
-                continue
-            for c in g:
-                vals[0] += premature_answer(c.text, e.meta["problem"])
-                vals[1] += correct_prefix(c.text, e.meta["problem"])
-                vals[2] += 1
-        tot = self.dist.sum(vals)
-        return {"premature_answer_frac": tot[0] / max(tot[2], 1), "correct_prefix_frac": tot[1] / max(tot[2], 1)}
-
     def evaluate(self, n: Optional[int] = None) -> dict:
-        """Held-out greedy accuracy per k of the built-in task (rank 0 computes)."""
-        from ..tasks import evaluate
-        ks = range(self.cfg.task_min_ops, self.cfg.task_max_ops + 1)
-        res = evaluate(self.policy, ks=ks, n=n or self.cfg.eval_problems) if self.dist.main else {}
-        flat = {f"eval_{k}_{name}": v for k, d in res.items() for name, v in d.items()}
-        if flat:
-            flat["eval_accuracy"] = sum(d["accuracy"] for d in res.values()) / len(res)
-        return flat
+        """The task's held-out evaluation (n problems per difficulty, default
+        eval_problems): rank 0 computes, the other ranks return {}."""
+        return self.task.evaluate(self.policy, n or self.cfg.eval_problems) if self.dist.main else {}

@@ -1,28 +1,15 @@
-"""Prompt sources: what a training step rolls out.
-
-A source returns the prompts of step s deterministically from (seed, s), so a
-resumed run sees exactly the prompts an uninterrupted one would have, and
-ranks can split a step's prompts without talking to each other.
-
-    Example(prompt, answer, reference, meta)
-    JsonlSource(path, prompt_field, answer_field, reference_field, seed)   # .jsonl or .parquet
-    ArithSource(min_ops, max_ops, seed)                                     # the built-in task
-"""
+"""Prompts from a dataset file (.jsonl or .parquet) as a Task: the generic
+answer verifier (judge.verify) and the judge the config names (http, local or
+none)."""
 from __future__ import annotations
 
 import json
 import os
 import random
-from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Optional
 
-
-@dataclass
-class Example:
-    prompt: Union[str, list]   # a string, or chat messages [{"role", "content"}]
-    answer: Any
-    reference: Optional[str] = None
-    meta: dict = field(default_factory=dict)
+from ..judge import verify as verify_answer
+from .base import Example, Task
 
 
 def _check_prompt(prompt, where: str):
@@ -97,13 +84,16 @@ class JsonlSource:
         return out
 
 
-class ArithSource:
-    """The built-in +/- chain task (sgpo_engine.tasks), fresh problems per step."""
+class DatasetTask(Task):
+    """The examples of config field `dataset` (a file); JsonlSource reads it
+    when the source is asked for."""
 
-    def __init__(self, min_ops: int, max_ops: int, seed: int = 0):
-        from .. import tasks
-        self.tasks, self.min_ops, self.max_ops, self.seed = tasks, min_ops, max_ops, seed
+    verify = staticmethod(verify_answer)
 
-    def batch(self, step: int, n: int) -> list[Example]:
-        task = self.tasks.ArithTask(self.min_ops, self.max_ops, seed=self.seed * 1_000_003 + step)
-        return [Example(p.prompt, p.answer, p.reference, {"problem": p, "k": p.k}) for p in task.batch(n)]
+    def __init__(self, path: str, prompt_field: str = "prompt", answer_field: str = "answer",
+                 reference_field: Optional[str] = "reference", seed: int = 0):
+        self.path, self.prompt_field, self.answer_field = path, prompt_field, answer_field
+        self.reference_field, self.seed = reference_field, seed
+
+    def source(self) -> JsonlSource:
+        return JsonlSource(self.path, self.prompt_field, self.answer_field, self.reference_field, self.seed)

@@ -1,0 +1,76 @@
+"""The task interface: what the trainer knows of the task it trains on.
+
+A `Task` gives the trainer
+  - `source()`: the prompt source, an object with `.batch(step, n) -> [Example]`;
+  - `verify(text, answer) -> bool`: the exact answer check;
+  - `make_judge(cfg, policy)`: the step judge a TrainConfig asks for (None: no judge);
+  - `metric_sums(examples, groups)`: this rank's share of the task's own metrics,
+    as named sums (the trainer adds them over ranks), and `metrics(sums)`: the
+    metrics those totals give;
+  - `evaluate(policy, n)`: held-out evaluation metrics, where `has_evaluation`.
+
+A prompt source returns the prompts of step s deterministically from (seed, s),
+so a resumed run sees exactly the prompts an uninterrupted one would have, and
+ranks can split a step's prompts without talking to each other. The two tasks
+(`make_task(cfg)` picks one):
+
+    BuiltinTask(min_ops, max_ops, seed)      the built-in +/- chain task (ArithSource)
+    DatasetTask(path, prompt_field, answer_field, reference_field, seed)
+                                             a .jsonl / .parquet file (JsonlSource)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from ..judge import HTTPJudge, LocalJudge
+
+
+@dataclass
+class Example:
+    prompt: Union[str, list]   # a string, or chat messages [{"role", "content"}]
+    answer: Any
+    reference: Optional[str] = None
+    meta: dict = field(default_factory=dict)
+
+
+class Task:
+    """The interface, with the defaults of a task without metrics or
+    evaluation of its own; subclasses give `source` and `verify`."""
+
+    has_evaluation = False
+
+    def source(self):
+        """A new prompt source: `.batch(step, n) -> list[Example]`."""
+        raise NotImplementedError
+
+    def verify(self, text: str, answer) -> bool:
+        """Whether a response's final answer is `answer`."""
+        raise NotImplementedError
+
+    def make_judge(self, cfg, policy):
+        """The judge of config field `judge`: None with judge "none" or scope
+        "off", an HTTPJudge ("http"), or the policy judging itself ("local")."""
+        if cfg.judge == "none" or cfg.scope == "off":
+            return None
+        if cfg.judge == "http":
+            return HTTPJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env,
+                             concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
+                             step_mode=cfg.step_mode)
+        if cfg.judge == "local":
+            return LocalJudge(policy, step_mode=cfg.step_mode)
+        raise ValueError(f"config field 'judge': {cfg.judge!r} is not a judge of this task")
+
+    def metric_sums(self, examples: list[Example], groups) -> dict[str, float]:
+        """Named sums over this rank's examples and their completion groups;
+        the same names on every rank (the trainer adds them over ranks)."""
+        return {}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """The task's metrics from the sums of `metric_sums` over all ranks."""
+        return {}
+
+    def evaluate(self, policy, n: int) -> dict[str, float]:
+        """Held-out metrics of `policy` on n problems (per difficulty where the
+        task has them); {} without an evaluation."""
+        return {}

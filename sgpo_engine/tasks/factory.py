@@ -1,0 +1,20 @@
+"""What a TrainConfig names: its task (`dataset`) and its policy (`model`)."""
+from __future__ import annotations
+
+from ..model import load
+from .base import Task
+from .builtin import BUILTIN, BuiltinTask
+from .dataset import DatasetTask
+from .warmup import load_warm_start
+
+
+def make_task(cfg) -> Task:
+    """The built-in task for dataset = builtin:arith, else the dataset file's."""
+    if cfg.dataset == BUILTIN:
+        return BuiltinTask(cfg.task_min_ops, cfg.task_max_ops, cfg.seed)
+    return DatasetTask(cfg.dataset, cfg.prompt_field, cfg.answer_field, cfg.reference_field, cfg.seed)
+
+
+def load_policy(model: str, dtype=None):
+    """The shipped warm start for model = builtin:arith, else the HF folder `model`."""
+    return load_warm_start(dtype=dtype) if model == BUILTIN else load(model, dtype=dtype)
