@@ -1,4 +1,4 @@
-// The op schemas (one list, the public contract of DESIGN.md section 3) and
+// The op schemas (one list, the public contract of docs/design.md section 3) and
 // the CPU registrations. CUDA registrations are in cuda/registration_cuda.cpp.
 #include <Python.h>
 #include <torch/library.h>

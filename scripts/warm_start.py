@@ -9,7 +9,7 @@ batch 64, AdamW 1e-3, 1000 steps: see sgpo_engine/tasks/warmup.py for why not
 2000), then held-out greedy accuracy per k; writes
 model.safetensors, config.json, generation_config.json, the tokenizer files
 and warm_start.json (recipe, timings, accuracies). See
-sgpo_engine/tasks/warmup.py and DESIGN.md section 6.
+sgpo_engine/tasks/warmup.py and docs/design.md section 6.8.
 """
 from __future__ import annotations
 

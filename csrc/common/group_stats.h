@@ -1,4 +1,4 @@
-// Group statistics and SGPO partial credit (DESIGN.md sections 1 and 3).
+// Group statistics and SGPO partial credit (docs/design.md sections 1 and 3).
 #pragma once
 #include "macros.h"
 

@@ -1,4 +1,4 @@
-// The per-token math of the clipped-ratio policy loss (DESIGN.md section 3).
+// The per-token math of the clipped-ratio policy loss (docs/design.md section 3).
 //
 // For one completion token with log-prob logp under the current policy:
 //   l1 = min(ratio, delta) * A         (delta optional: two-sided clipping)

@@ -2,7 +2,7 @@
 //
 // Both kernels work on the unnormalized weights e_v = exp(x_v - max x) with
 // x = logits * (1 / temperature), so max e = 1 and p_v = e_v / sum e. Every filter
-// of DESIGN.md section 3 keeps the tokens whose weight is at least a
+// of docs/design.md section 3 keeps the tokens whose weight is at least a
 // threshold, so the kept set is {v : e_v >= cut} with cut the largest of:
 //   top_k: the k-th largest e (ties at the boundary are all kept);
 //   top_p: the smallest e of the shortest descending prefix whose mass reaches

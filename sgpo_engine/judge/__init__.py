@@ -1,4 +1,4 @@
-"""The judge layer (DESIGN.md sections 1 and 4): step splitting, RTS, step
+"""The judge layer (docs/design.md sections 1 and 4.1): step splitting, RTS, step
 judges, the answer verifier and SGPO rewards.
 
     split_steps(text, mode="paragraph") -> list[str]      step_spans(...) -> [(start, end)]

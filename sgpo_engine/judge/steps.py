@@ -1,4 +1,4 @@
-"""Deterministic step splitting and the reasoning trajectory score (DESIGN.md section 1).
+"""Deterministic step splitting and the reasoning trajectory score (docs/design.md section 1).
 
     split_steps(text, mode="paragraph") -> list[str]
     step_spans(text, mode="paragraph")  -> list[(start, end)]   # text[start:end] == step
