@@ -95,7 +95,8 @@ class Ours:
     """One sgpo_engine trainer, stepped from outside (so engines can take turns)."""
 
     def __init__(self, path, args, scope, examples_log):
-        cfg = TrainConfig(model=path, dataset="builtin:arith", task_min_ops=args.min_ops, task_max_ops=args.max_ops,
+        cfg = TrainConfig(model=path, device=args.device, dataset="builtin:arith", task_min_ops=args.min_ops,
+                          task_max_ops=args.max_ops,
                           prompts_per_step=args.prompts, num_samples=args.G, max_new_tokens=args.max_new_tokens,
                           temperature=1.0, judge="builtin", scope=scope, loss_type="dapo", eps_low=0.2,
                           eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.prompts * args.G, lr=args.lr,
@@ -180,7 +181,7 @@ def run_trl(path, args, prompts_by_step, examples_log, between=()):
         num_generations=G, steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=1.0, top_k=0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", epsilon=0.2, scale_rewards="group",
-        shuffle_dataset=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True,
+        shuffle_dataset=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
         max_steps=args.warmup + args.steps, logging_steps=1, report_to="none", save_strategy="no", seed=args.seed,
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
@@ -241,6 +242,7 @@ def run_trl(path, args, prompts_by_step, examples_log, between=()):
 # ----------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (both engines)")
     ap.add_argument("--quick", action="store_true", help="2 timed steps per engine")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per engine (default 8, quick 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed first steps per engine")
@@ -260,7 +262,8 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    report = {"device": platform.processor() or platform.machine(), "torch": torch.__version__,
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    report = {"device": card or platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "prompts": args.prompts, "samples": args.G,
               "max_new_tokens": args.max_new_tokens, "task_ops": [args.min_ops, args.max_ops], "lr": args.lr,
               "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {}, "errors": {}}
@@ -332,7 +335,7 @@ def main(argv=None):
         for k, v in summary.items():
             print(f"  {k:38s} {v:6.2f}x")
     report["summary"] = summary
-    out = args.out or os.path.join(ROOT, "bench", "results", f"train_cpu{'_quick' if args.quick else ''}.json")
+    out = args.out or os.path.join(ROOT, "bench", "results", f"train_{args.device}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
