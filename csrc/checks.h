@@ -32,6 +32,8 @@ inline std::string_view arg_name(std::string_view expr) {
 #define CHECK_FLOAT(x) \
   CHECK_ARG(at::isFloatingType((x).scalar_type()), x, "expected a float tensor, got ", (x).scalar_type())
 #define CHECK_CONTIGUOUS(x) CHECK_ARG((x).is_contiguous(), x, "expected a contiguous tensor")
-// A finite double argument within [lo, hi] (use +-INFINITY for an open side).
+// A finite double argument within the closed interval [lo, hi] (+-INFINITY for no bound).
 #define CHECK_NUMBER(x, lo, hi) \
   CHECK_ARG(std::isfinite(x) && (x) >= (lo) && (x) <= (hi), x, "expected a finite number in [", lo, ", ", hi, "], got ", x)
+// A finite double argument > 0.
+#define CHECK_POSITIVE(x) CHECK_ARG(std::isfinite(x) && (x) > 0, x, "expected a finite number > 0, got ", x)

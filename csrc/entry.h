@@ -23,7 +23,7 @@ namespace sgpo {
 // group_offsets [P+1] int64, read on the host (free on CPU; on CUDA one small
 // copy, as any check of them must): 0 = o_0 < o_1 < ... < o_P = N.
 inline void check_group_offsets(const at::Tensor& group_offsets, int64_t n) {
-  const at::Tensor host = group_offsets.cpu();
+  const at::Tensor host = group_offsets.to(at::kCPU).contiguous();
   const int64_t* o = host.data_ptr<int64_t>();
   const int64_t P = host.size(0) - 1;
   CHECK_ARG(o[0] == 0 && o[P] == n, group_offsets, "must start at 0 and end at N = ", n, ", got ", o[0], " and ",

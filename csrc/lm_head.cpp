@@ -81,7 +81,7 @@ void check_lm_head(const at::Tensor& hidden, const at::Tensor& weight, const std
     CHECK_ARG(lo >= 0 && hi < weight.size(0), targets, "token ids must lie in [0, V = ", weight.size(0),
               "), got min ", lo, " max ", hi);
   }
-  CHECK_ARG(temperature > 0 && std::isfinite(temperature), temperature, "expected > 0, got ", temperature);
+  CHECK_POSITIVE(temperature);
   CHECK_ARG(!chunk_size || *chunk_size > 0, chunk_size, "expected a positive number of tokens, got ",
             chunk_size.value_or(0));
 }
@@ -285,11 +285,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   CHECK_NUMBER(beta, 0.0, INFINITY);
   CHECK_NUMBER(eps_low, 0.0, INFINITY);
   CHECK_NUMBER(eps_high, 0.0, INFINITY);
-  CHECK_ARG(!delta || (std::isfinite(*delta) && *delta > 0), delta, "expected > 0, got ", delta.value_or(0));
+  if (delta) CHECK_POSITIVE(*delta);
   CHECK_ARG(!max_completion_length || *max_completion_length > 0, max_completion_length, "expected > 0, got ",
             max_completion_length.value_or(0));
-  CHECK_ARG(!num_items_in_batch || (std::isfinite(*num_items_in_batch) && *num_items_in_batch > 0),
-            num_items_in_batch, "expected > 0, got ", num_items_in_batch.value_or(0));
+  if (num_items_in_batch) CHECK_POSITIVE(*num_items_in_batch);
   const bool seq_level = level == ISLevel::Sequence;
 
   // ---- per-token inputs, [B, T] then the active rows [N'] -----------------

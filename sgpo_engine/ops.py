@@ -101,8 +101,7 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
     a reward > 0 counts as correct for `all_negative`.
     """
     if group_offsets is not None:
-        if not isinstance(group_offsets, torch.Tensor):
-            group_offsets = torch.as_tensor(group_offsets)
+        group_offsets = torch.as_tensor(group_offsets, device=getattr(rewards, "device", None))
         if group_offsets.dtype == torch.int32:
             group_offsets = group_offsets.long()
         if group_size is None and group_offsets.dtype == torch.int64 and group_offsets.dim() == 1:
@@ -135,6 +134,9 @@ def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts,
     o = group_offsets.tolist()
     if group_offsets.is_floating_point() or o[0] != 0 or o[-1] != N or any(b <= a for a, b in zip(o, o[1:])):
         raise ValueError(f"group_offsets: expected int64 0 = o_0 < ... < o_P = N = {N}, got {o}")
+    for name, t in (("correct", correct), ("rts", rts)):
+        if t is not None and tuple(t.shape) != (N,):
+            raise ValueError(f"{name}: expected shape ({N},), got {tuple(t.shape)}")
     _first_bad("rewards", ~torch.isfinite(rewards), rewards, "non-finite value")
     if rts is not None:
         _first_bad("rts", ~torch.isnan(rts) & ((rts < 0) | (rts > 1)), rts, "expected values in [0, 1] or NaN")
@@ -165,8 +167,10 @@ def _needs_grad(*tensors):
     return [t is not None and t.requires_grad and torch.is_grad_enabled() for t in tensors]
 
 
-def _optional(x, kind):
-    return None if x is None else kind(x)
+def _optional_int(name, x):
+    if x is not None and (isinstance(x, bool) or not isinstance(x, numbers.Integral)):
+        raise ValueError(f"{name}: expected an int, got {x!r}")
+    return None if x is None else int(x)
 
 
 def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, old_logp=None,
@@ -182,8 +186,10 @@ def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, o
     Gradients flow to hidden, weight and bias.
     """
     args = (hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, float(beta), float(eps_low),
-            float(eps_high), _optional(delta, float), loss_type, importance_sampling_level, float(temperature),
-            _optional(max_completion_length, int), _optional(num_items_in_batch, float), chunk_size)
+            float(eps_high), None if delta is None else float(delta), loss_type, importance_sampling_level,
+            float(temperature), _optional_int("max_completion_length", max_completion_length),
+            None if num_items_in_batch is None else float(num_items_in_batch),
+            _optional_int("chunk_size", chunk_size))
     if not _use_extension():
         return _policy_loss_fallback(*args)
     loss, metrics, _logp, _, _, _ = torch.ops.sgpo.fused_policy_loss(*args, *_needs_grad(hidden, weight, bias))
@@ -202,6 +208,12 @@ def _policy_loss_fallback(hidden, weight, bias, targets, mask, advantages, old_l
         if not (math.isfinite(x) and x >= 0):
             raise ValueError(f"{name}: expected a finite number >= 0, got {x}")
     _lm_head_fallback_checks(hidden, weight, targets, temperature)
+    B, T = targets.shape
+    if tuple(advantages.shape) not in ((B,), (B, T)):
+        raise ValueError(f"advantages: expected [B] = [{B}] or [B, T] = [{B}, {T}], got {tuple(advantages.shape)}")
+    for name, t in (("mask", mask), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+        if t is not None and tuple(t.shape) != (B, T):
+            raise ValueError(f"{name}: expected shape ({B}, {T}), got {tuple(t.shape)}")
     return reference.fused_policy_loss(hidden, weight, targets, mask, advantages, bias, old_logp, ref_logp, beta,
                                        eps_low, eps_high, delta, loss_type, level, temperature,
                                        max_completion_length, num_items_in_batch)
@@ -322,10 +334,12 @@ _SAMPLE_RULES = {
 def _per_row(name, value, B, device, dtype):
     """A number or a [B] tensor -> a [B] tensor of `dtype` on `device`."""
     if isinstance(value, torch.Tensor) and value.dim() > 0:
+        if dtype == torch.int64 and (value.is_floating_point() or value.is_complex()):
+            raise ValueError(f"{name}: expected an integer tensor, got {value.dtype}")
         if not _use_extension():  # the op checks tensors itself
             ok, what = _SAMPLE_RULES[name]
             _first_bad(name, torch.tensor([not ok(x) for x in value.tolist()]), value, f"expected {what}")
-        return value.to(dtype) if value.is_floating_point() or dtype == torch.int64 else value
+        return value.to(dtype)
     if isinstance(value, torch.Tensor):
         value = value.item()
     if dtype == torch.int64 and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):

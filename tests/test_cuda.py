@@ -130,9 +130,18 @@ def test_generate_greedy_cuda_equals_cpu():
     for dev in ("cpu", CUDA):
         policy = tasks.load_warm_start(device=dev)
         groups = generate(policy, prompts, num_samples=1, max_new_tokens=96, temperature=0.0)
-        out[dev] = [g[0].token_ids for g in groups]
-    assert out[CUDA] == out["cpu"]
-    assert sum(len(t) for t in out["cpu"]) > 12 * 20  # real responses, not empty ones
+        out[dev] = [(g[0].prompt_ids, g[0].token_ids) for g in groups]
+    cpu_policy = tasks.load_warm_start()
+    for (prompt, want), (_, got) in zip(out["cpu"], out[CUDA]):
+        if got == want:
+            continue
+        # Devices round differently: a divergence is allowed only where the CPU's
+        # top two logits tie to rounding.
+        t = next(i for i, (a, b) in enumerate(zip(want + [-1], got + [-2])) if a != b)
+        logits = cpu_policy.logits(torch.tensor([prompt + want[:t]]))[0, -1]
+        top2 = logits.topk(2).values
+        assert top2[0] - top2[1] < 1e-4 * max(1.0, float(top2[0].abs())), (t, want[t:t + 3], got[t:t + 3])
+    assert sum(len(t) for _, t in out["cpu"]) > 12 * 20  # real responses, not empty ones
 
 
 STEPS = 5

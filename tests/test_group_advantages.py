@@ -326,3 +326,16 @@ def test_raw_op_checks(case, name):
         r[4] = float("nan")
     with pytest.raises(ValueError, match=name):
         _raw(r, **case)
+
+
+def test_offsets_as_a_list_or_a_strided_view(gen):
+    """Offsets are taken as given: a Python list (moved to the rewards' device)
+    and a non-contiguous view are read by value, also by the raw op's check."""
+    r, c, s = random_group_inputs(gen, [2, 5, 1])
+    want = ops.group_advantages(r, group_offsets=torch.tensor([0, 2, 7, 8]), correct=c, rts=s)
+    got = ops.group_advantages(r, group_offsets=[0, 2, 7, 8], correct=c, rts=s)
+    strided = torch.tensor([0, 99, 2, 99, 7, 99, 8])[::2]
+    raw = torch.ops.sgpo.group_advantages(r, 0, strided, c, s, "all_negative", "sigmoid", 5.0, 0.5, 0.5, "group",
+                                          1e-4)
+    for a, b, x in zip(want, got, raw):
+        assert torch.equal(a, b) and torch.equal(a, x)

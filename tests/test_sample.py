@@ -252,3 +252,11 @@ def test_raw_op_checks_parameter_tensors():
         args = dict(ok, **{name: bad})
         with pytest.raises(ValueError, match=name):
             torch.ops.sgpo.sample(logits, *args.values())
+
+
+def test_parameter_tensors_of_any_real_dtype():
+    logits = torch.randn(3, 10)
+    greedy, _ = ops.sample(logits, temperature=torch.tensor([0, 0, 0]))  # an int tensor is a float64 one
+    assert torch.equal(greedy, logits.argmax(-1))
+    with pytest.raises(ValueError, match="top_k: expected an integer tensor"):
+        ops.sample(logits, top_k=torch.tensor([1.5, 2.0, 3.0]))

@@ -28,9 +28,9 @@ struct Rescale {
   T add;  // multiplies the new element (fold) or the other state (merge)
 };
 
-// Folds x into the running max m (updated in place). -inf - -inf is never
-// formed: callers skip x == -inf, and a finite x against m == -inf takes the
-// first branch, exp(-inf) = 0.
+// Folds x into the running max m (updated in place). Callers skip
+// x == -inf (weight 0), so -inf - -inf is never formed: a finite x against
+// m == -inf takes the first branch, exp(-inf) = 0.
 template <typename T>
 SGPO_HD Rescale<T> fold_max(T& m, T x) {
   if (x > m) {

@@ -67,7 +67,9 @@ SGPO_CPU_CLONES void attend(const acc* q, const scalar_t* kp, const scalar_t* vp
   const int64_t lo[2] = {lo_p, lo_s}, hi[2] = {np, ns};
   for (int part = 0; part < 2; ++part) {  // prefix, then suffix
     for (int64_t t = lo[part]; t < hi[part]; ++t) {
-      const Rescale<acc> r = fold_max(m, dot(q, keys[part] + t * D, D));
+      const acc score = dot(q, keys[part] + t * D, D);
+      if (score == neg_inf<acc>()) continue;  // weight 0 (and fold_max never sees -inf - -inf)
+      const Rescale<acc> r = fold_max(m, score);
       if (r.old != acc(1)) {
         for (int64_t j = 0; j < D; ++j) out[j] *= r.old;
       }

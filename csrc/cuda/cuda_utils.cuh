@@ -1,6 +1,6 @@
 // CUDA primitives shared by every kernel in csrc/cuda/: warp and block
 // all-reductions, with the online log-sum-exp state (common/lse.h) as one of
-// the values they reduce.
+// the values they reduce, and the row helpers of one-block-per-row kernels.
 //
 // Determinism: a butterfly (shfl_xor) warp reduction leaves every lane with
 // the same value, and the block reduction has every thread combine the warps'
@@ -8,6 +8,7 @@
 // bitwise same result, their branches on it are uniform, and a sum over the
 // same elements always rounds the same way.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "../common/lse.h"
@@ -91,5 +92,51 @@ struct SharedScratch {
   alignas(T) unsigned char raw[sizeof(T) * kWarps];
   __device__ T* get() { return reinterpret_cast<T*>(raw); }
 };
+
+// ---- rows: one block per row -------------------------------------------------
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Visits the elements of one row, f(v, x) with x a reference to element v:
+// a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar
+// tail. With kWrite, what f leaves in x is stored back. Tensor data is always
+// aligned to its element size, so the head is a whole number of elements.
+template <bool kWrite, typename scalar_t, typename F>
+__device__ __forceinline__ void for_row(scalar_t* row, int64_t vocab, F&& f) {
+  constexpr int N = 16 / sizeof(scalar_t);
+  using P = Pack<scalar_t, N>;
+  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16) / sizeof(scalar_t);
+  const int64_t head = misalign == 0 ? 0 : (N - misalign < vocab ? N - misalign : vocab);
+  const int64_t packs = (vocab - head) / N;
+  const int64_t tail = head + packs * N;
+
+  for (int64_t v = threadIdx.x; v < head; v += blockDim.x) {
+    scalar_t x = row[v];
+    f(v, x);
+    if (kWrite) row[v] = x;
+  }
+  P* body = reinterpret_cast<P*>(row + head);
+  for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
+    P p = body[j];
+#pragma unroll
+    for (int k = 0; k < N; ++k) f(head + j * N + k, p.v[k]);
+    if (kWrite) body[j] = p;
+  }
+  for (int64_t v = tail + threadIdx.x; v < vocab; v += blockDim.x) {
+    scalar_t x = row[v];
+    f(v, x);
+    if (kWrite) row[v] = x;
+  }
+}
+
+// Threads for one row of `vocab` elements, `pack` per 16 bytes: about four
+// packs each, in whole warps, at most max_threads.
+inline int row_threads(int64_t vocab, int64_t pack, int max_threads) {
+  const int64_t want = (vocab + 4 * pack - 1) / (4 * pack);
+  const int64_t warps = (want + kWarp - 1) / kWarp;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 1) * kWarp, max_threads));
+}
 
 }  // namespace sgpo::cuda

@@ -6,8 +6,9 @@
 // reduction and the running output stays in registers (D / 32 per lane).
 // Warps keep flash-style online-softmax state (max, sum, values [D]), folded
 // and merged with common/lse.h's fold_max / merge_max (the LM-head rows'
-// softmax), through shared memory at the end. Lengths are clamped to the cache sizes
-// (the host does not range-check CUDA indices: that would sync every step).
+// softmax), through shared memory at the end. Lengths are clamped to the cache
+// sizes and the prompt / slot indices asserted in range (the host does not
+// range-check CUDA indices: that would sync every step).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
@@ -30,10 +31,12 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
                                         const int64_t* __restrict__ pof, const scalar_t* __restrict__ sk,
                                         const scalar_t* __restrict__ sv, const int64_t* __restrict__ slen,
                                         const int64_t* __restrict__ slot, scalar_t* __restrict__ out, int Hq,
-                                        int Hkv, int D, int64_t Lp, int64_t Ls, acc scale, int64_t window) {
+                                        int Hkv, int D, int64_t P, int64_t C, int64_t Lp, int64_t Ls, acc scale,
+                                        int64_t window) {
   const int s = blockIdx.x, hq = blockIdx.y, h = hq / (Hq / Hkv);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t p = pof[s], c = slot[s];
+  CUDA_KERNEL_ASSERT(p >= 0 && p < P && c >= 0 && c < C);  // the host checks no CUDA index (a sync per step)
   const int64_t np = min(plen[p], Lp), ns = min(slen[s], Ls);
   // Sliding window (0 = none): keys at absolute positions > np + ns - 1 - window.
   const int64_t lo_p = window > 0 ? max(int64_t(0), np + ns - window) : 0;
@@ -62,7 +65,8 @@ __global__ void decode_attention_kernel(const scalar_t* __restrict__ q, const sc
       const int d = lane + 32 * i;
       if (d < D) part += qr[i] * acc(krow[d]);
     }
-    const acc score = cuda::warp_sum(part);
+    const acc score = cuda::warp_sum(part);  // the same in every lane: the branch is warp-uniform
+    if (score == neg_inf<acc>()) continue;     // weight 0 (and fold_max never sees -inf - -inf)
     const Rescale<acc> r = fold_max(m, score);
     l = l * r.old + r.add;
 #pragma unroll
@@ -117,7 +121,8 @@ at::Tensor decode_attention_cuda(const DecodeAttnArgs& a) {
         a.q.data_ptr<scalar_t>(), a.prefix_k.data_ptr<scalar_t>(), a.prefix_v.data_ptr<scalar_t>(),
         a.prefix_len.data_ptr<int64_t>(), a.prefix_of.data_ptr<int64_t>(), a.suffix_k.data_ptr<scalar_t>(),
         a.suffix_v.data_ptr<scalar_t>(), a.suffix_len.data_ptr<int64_t>(), a.slot.data_ptr<int64_t>(),
-        out.data_ptr<scalar_t>(), int(Hq), int(Hkv), int(D), Lp, Ls, acc(a.scale), a.window);
+        out.data_ptr<scalar_t>(), int(Hq), int(Hkv), int(D), a.prefix_k.size(0), a.suffix_k.size(0), Lp, Ls,
+        acc(a.scale), a.window);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

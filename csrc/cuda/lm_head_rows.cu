@@ -59,43 +59,6 @@ struct RowParams {
   acc* token_stats;        // [n, 4], PolicyLoss
 };
 
-template <typename T, int N>
-struct alignas(sizeof(T) * N) Pack {
-  T v[N];
-};
-
-// Visits the elements of one row, f(v, x) with x a reference to element v:
-// a scalar head up to the first 16-byte boundary, 16-byte packs, a scalar
-// tail. With kWrite, what f leaves in x is stored back. Tensor data is always
-// aligned to its element size, so the head is a whole number of elements.
-template <bool kWrite, typename scalar_t, typename F>
-__device__ __forceinline__ void for_row(scalar_t* row, int64_t vocab, F&& f) {
-  constexpr int N = 16 / sizeof(scalar_t);
-  using P = Pack<scalar_t, N>;
-  const int64_t misalign = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 16) / sizeof(scalar_t);
-  const int64_t head = misalign == 0 ? 0 : (N - misalign < vocab ? N - misalign : vocab);
-  const int64_t packs = (vocab - head) / N;
-  const int64_t tail = head + packs * N;
-
-  for (int64_t v = threadIdx.x; v < head; v += blockDim.x) {
-    scalar_t x = row[v];
-    f(v, x);
-    if (kWrite) row[v] = x;
-  }
-  P* body = reinterpret_cast<P*>(row + head);
-  for (int64_t j = threadIdx.x; j < packs; j += blockDim.x) {
-    P p = body[j];
-#pragma unroll
-    for (int k = 0; k < N; ++k) f(head + j * N + k, p.v[k]);
-    if (kWrite) body[j] = p;
-  }
-  for (int64_t v = tail + threadIdx.x; v < vocab; v += blockDim.x) {
-    scalar_t x = row[v];
-    f(v, x);
-    if (kWrite) row[v] = x;
-  }
-}
-
 // grid = n rows, block = a multiple of 32 threads <= kMaxThreads.
 // logits [n, V] (row_stride apart): read; overwritten with d loss / d logits
 // unless mode is Stats.
@@ -107,7 +70,7 @@ __global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, con
   CUDA_KERNEL_ASSERT(target >= 0 && target < p.vocab);
 
   OnlineLSE<acc> st;
-  for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc>(x) * p.inv_temp); });
+  cuda::for_row<false>(row, p.vocab, [&](int64_t, scalar_t& x) { st.add(static_cast<acc>(x) * p.inv_temp); });
   // Read before the reduction's barrier: no thread has started overwriting the row yet.
   const acc x_target = static_cast<acc>(row[target]) * p.inv_temp;
   __shared__ cuda::SharedScratch<OnlineLSE<acc>, kMaxThreads / kWarp> scratch;
@@ -143,17 +106,10 @@ __global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, con
 
   // d logp / d logits_v = inv_temp * (onehot(target)_v - softmax_v).
   const acc scale = coef * p.inv_temp;
-  for_row<true>(row, p.vocab, [&](int64_t v, scalar_t& x) {
+  cuda::for_row<true>(row, p.vocab, [&](int64_t v, scalar_t& x) {
     const acc prob = exp_(static_cast<acc>(x) * p.inv_temp - lse);
     x = static_cast<scalar_t>(scale * ((v == target ? acc(1) : acc(0)) - prob));
   });
-}
-
-// Enough threads for about four 16-byte packs each, in whole warps.
-int row_threads(int64_t vocab, int64_t pack) {
-  const int64_t want = (vocab + 4 * pack - 1) / (4 * pack);
-  const int64_t warps = (want + kWarp - 1) / kWarp;
-  return static_cast<int>(std::min<int64_t>(std::max<int64_t>(warps, 1) * kWarp, kMaxThreads));
 }
 
 // Checked data pointer of an optional per-row tensor: nullptr when undefined;
@@ -219,7 +175,7 @@ void rows_cuda(const RowArgs& a) {
       p.clip = cast_clip<acc>(a.clip);
       p.beta = static_cast<acc>(a.beta);
     }
-    const int threads = row_threads(vocab, 16 / sizeof(scalar_t));
+    const int threads = cuda::row_threads(vocab, 16 / sizeof(scalar_t), kMaxThreads);
     rows_kernel<scalar_t, acc><<<static_cast<unsigned>(n), threads, 0, at::cuda::getCurrentCUDAStream()>>>(
         logits.data_ptr<scalar_t>(), p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
