@@ -56,7 +56,7 @@ class Task:
         if cfg.judge == "http":
             return HTTPJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env,
                              concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
-                             step_mode=cfg.step_mode)
+                             max_tokens=cfg.judge_max_tokens, step_mode=cfg.step_mode)
         if cfg.judge == "local":
             return LocalJudge(policy, step_mode=cfg.step_mode)
         raise ValueError(f"config field 'judge': {cfg.judge!r} is not a judge of this task")

@@ -54,6 +54,7 @@ class TrainConfig:
     judge_api_key_env: str = "OPENAI_API_KEY"
     judge_concurrency: int = 8
     judge_timeout: float = 60.0
+    judge_max_tokens: int = 1024         # the judge's reply budget (its verdict is the last line)
     step_mode: str = "line"
     correct_reward: float = 1.0
     incorrect_reward: float = 0.0
@@ -113,7 +114,7 @@ class TrainConfig:
         for name, allowed in choices.items():
             options.check_choice(f"config field '{name}'", getattr(self, name), allowed)
         positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "mu", "max_steps",
-                    "save_every", "keep_checkpoints", "judge_concurrency")
+                    "save_every", "keep_checkpoints", "judge_concurrency", "judge_max_tokens")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
