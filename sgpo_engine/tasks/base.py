@@ -20,6 +20,7 @@ ranks can split a step's prompts without talking to each other. The two tasks
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
@@ -34,19 +35,19 @@ class Example:
     meta: dict = field(default_factory=dict)
 
 
-class Task:
+class Task(abc.ABC):
     """The interface, with the defaults of a task without metrics or
-    evaluation of its own; subclasses give `source` and `verify`."""
+    evaluation of its own; subclasses must give `source` and `verify`."""
 
     has_evaluation = False
 
+    @abc.abstractmethod
     def source(self):
         """A new prompt source: `.batch(step, n) -> list[Example]`."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def verify(self, text: str, answer) -> bool:
         """Whether a response's final answer is `answer`."""
-        raise NotImplementedError
 
     def make_judge(self, cfg, policy):
         """The judge of config field `judge`: None with judge "none" or scope
