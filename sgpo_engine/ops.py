@@ -251,13 +251,19 @@ if HAS_EXTENSION:
 
     def _policy_loss_setup(ctx, inputs, output):
         _, metrics, logp, gh, gw, gb = output
-        ctx.mark_non_differentiable(metrics, logp)
+        ctx.mark_non_differentiable(metrics, logp, gh, gw, gb)
+        # The gradients computed in the forward are outputs too; with the
+        # default, autograd would hand the backward a zero "gradient" of each
+        # ([V, H] for gw), doubling the op's extra memory. Only the loss's counts.
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(gh, gw, gb)
         ctx.has_bias = inputs[2] is not None
 
     def _policy_loss_backward(ctx, g_loss, *_unused):
-        unit = not _is_fake(g_loss) and bool(g_loss == 1)  # traced: no data-dependent branch
         grads = [None] * _POLICY_LOSS_NUM_ARGS  # hidden, weight, bias come first; the rest get none
+        if g_loss is None:  # the loss is not part of what is differentiated
+            return tuple(grads)
+        unit = not _is_fake(g_loss) and bool(g_loss == 1)  # traced: no data-dependent branch
         for i, grad in enumerate(ctx.saved_tensors):
             if grad.numel() and (i < 2 or ctx.has_bias):
                 grads[i] = grad if unit else grad * g_loss.to(grad.dtype)
@@ -302,10 +308,13 @@ if HAS_EXTENSION:
     def _logprobs_setup(ctx, inputs, output):
         hidden, weight, bias, targets, temperature, chunk_size, _ = inputs
         ctx.mark_non_differentiable(output[1])  # the entropy
+        ctx.set_materialize_grads(False)  # no zero [..] "gradient" of the entropy
         ctx.save_for_backward(hidden, weight, bias, targets)
         ctx.temperature, ctx.chunk_size = temperature, chunk_size
 
     def _logprobs_backward(ctx, g_logp, _g_entropy):
+        if g_logp is None:
+            return (None,) * 7
         hidden, weight, bias, targets = ctx.saved_tensors
         gh, gw, gb = ctx.needs_input_grad[:3]
         gb = gb and bias is not None

@@ -168,6 +168,22 @@ def test_grads_only_where_asked(gen):
     torch.testing.assert_close(gw3, 3.5 * rgrads[1], rtol=1e-10, atol=1e-12)
 
 
+def test_backward_allocates_nothing_for_a_unit_gradient(gen):
+    """The gradients are made in the forward; loss.backward() hands them over:
+    no copy, and no zero "gradient" for the op's other outputs (autograd would
+    materialize one the size of the weight). Memory counted by the profiler."""
+    inputs, kw = policy_case(gen, 4, 33, 16, 4099, bias=True, off_policy=True)
+    hidden, weight, b, targets, mask, adv = inputs
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    loss, _ = ops.fused_policy_loss(h, w, targets, mask, adv, bias=b, **kw)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss.backward()
+    allocated = sum(max(e.self_cpu_memory_usage, 0) for e in prof.events())
+    assert allocated < w.numel() * w.element_size() // 4, allocated
+    _, _, rgrads = run_policy_loss(ref_policy_loss, *inputs, **kw)
+    torch.testing.assert_close(w.grad, rgrads[1], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("level", LEVELS)
 def test_non_contiguous_inputs(gen, level):
     """Strided views everywhere: sliced hidden, transposed weight (tied
