@@ -184,3 +184,17 @@ def test_per_prompt_seeds_do_not_depend_on_the_batch(checkpoints):
     assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]
     with pytest.raises(ValueError, match="seed"):
         generate(policy, prompts, seed=[1, 2])
+
+
+def test_cli_generate_accepts_builtin_model(capsys):
+    """`sgpo generate --model builtin:arith`, as training accepts it: the
+    shipped warm start, the same completions as the Python API."""
+    import json
+
+    from sgpo_engine import cli
+    from sgpo_engine.tasks import load_policy
+    assert cli.main(["generate", "--model", "builtin:arith", "--prompt", "3+4-2=", "-n", "2", "--max-new-tokens",
+                     "30", "--seed", "0", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    [want] = generate(load_policy("builtin:arith"), ["3+4-2="], num_samples=2, max_new_tokens=30, seed=0)
+    assert [r["token_ids"] for r in rows] == [c.token_ids for c in want] and all(r["text"] for r in rows)

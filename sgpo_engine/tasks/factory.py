@@ -15,6 +15,9 @@ def make_task(cfg) -> Task:
     return DatasetTask(cfg.dataset, cfg.prompt_field, cfg.answer_field, cfg.reference_field, cfg.seed)
 
 
-def load_policy(model: str, dtype=None):
-    """The shipped warm start for model = builtin:arith, else the HF folder `model`."""
-    return load_warm_start(dtype=dtype) if model == BUILTIN else load(model, dtype=dtype)
+def load_policy(model: str, dtype=None, device=None):
+    """The shipped warm start for model = builtin:arith, else the HF folder `model`
+    (what `sgpo train`, `sgpo generate` and `sgpo serve` accept as --model)."""
+    if model == BUILTIN:
+        return load_warm_start(dtype=dtype, device=device)
+    return load(model, dtype=dtype, device=device)
