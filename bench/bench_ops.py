@@ -78,9 +78,10 @@ def peak_extra_bytes(fn, device):
 
 
 # ---------------------------------------------------------------- cases
-def bench_policy_loss(args, device):
-    B, T = args.loss_tokens // args.loss_seq, args.loss_seq
-    H, V = args.hidden, args.vocab
+def bench_policy_loss_cases(tokens: int, seq: int, H: int, V: int, device) -> tuple[dict, dict]:
+    """name -> a closure running fwd + bwd of that loss (eager, sgpo, liger when
+    installed) on one set of random inputs, and the shape / gradient bytes."""
+    B, T = tokens // seq, seq
     g = torch.Generator().manual_seed(0)
     mk = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(device)
     hidden = mk(B, T, H, scale=0.5).requires_grad_()
@@ -108,15 +109,22 @@ def bench_policy_loss(args, device):
         cases["liger"] = step(lambda: liger(hidden, weight, targets, mask, adv, old_per_token_logps=old)[0])
     except ImportError as e:
         print(f"  (liger-kernel not installed: {e}; pip install liger-kernel to compare)")
+    # The gradients any implementation must return (hidden and weight).
+    info = {"shape": {"tokens": B * T, "B": B, "T": T, "H": H, "V": V, "dtype": "float32"},
+            "gradient_bytes": (hidden.numel() + weight.numel()) * hidden.element_size()}
+    return cases, info
+
+
+def bench_policy_loss(args, device):
+    cases, info = bench_policy_loss_cases(args.loss_tokens, args.loss_seq, args.hidden, args.vocab, device)
     rows = {}
     for name, fn in cases.items():
         mem = peak_extra_bytes(fn, device)
         t = timed(fn, device, args.repeat)
         rows[name] = {"seconds": t, "peak_extra_bytes": mem}
         print(f"  fused_policy_loss {name:6s} {t * 1e3:9.1f} ms  peak extra {mem / 2**20:8.1f} MiB")
-    # The gradients any implementation must return (hidden and weight).
-    rows["gradient_bytes"] = (hidden.numel() + weight.numel()) * hidden.element_size()
-    return {"shape": {"tokens": B * T, "B": B, "T": T, "H": H, "V": V, "dtype": "float32"}, "results": rows}
+    rows["gradient_bytes"] = info["gradient_bytes"]
+    return {"shape": info["shape"], "results": rows}
 
 
 def eager_group_advantages(rewards, correct, rts, G, beta=5.0, gamma=0.5, eps=1e-4):

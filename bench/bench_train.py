@@ -3,6 +3,8 @@
     python bench/bench_train.py              # 16 prompts x G=8, k = 8..10, 96 new tokens, 8 timed steps
     python bench/bench_train.py --quick      # 2 timed steps (smoke run)
     python bench/bench_train.py --no-trl     # ours only
+    python bench/bench_train.py --model DIR --dataset examples/data/gsm8k_sample.jsonl --prompt-field question \
+        --chat-template --engines sgpo_grpo      # a real model on GSM8K (bench_real.py runs this per engine)
 
 Every engine trains the same tiny task model (the shipped warm start when it
 exists, else a fresh random one; --model picks), loaded from one HF folder (TRL
@@ -32,6 +34,10 @@ lengths differ between engines (different random streams), so compare tokens/s,
 not seconds. The first `--warmup` steps of each engine are not timed. The
 engines take turns step by step (TRL step, our GRPO step, our SGPO step, ...),
 so load from other processes on a shared machine falls on all alike.
+With --dataset the prompts are that file's (the same for every engine) and
+there is no step judge, so sgpo_sgpo is not run. The report holds the
+process's peak RSS (`peak_rss_bytes`): run one engine per process
+(--engines) to read each engine's peak memory.
 Writes bench/results/train_cpu.json (train_cpu_quick.json with --quick).
 """
 from __future__ import annotations
@@ -40,6 +46,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -51,6 +58,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from sgpo_engine import tasks  # noqa: E402
+from sgpo_engine.tasks import BUILTIN, make_task  # noqa: E402
 from sgpo_engine.train import SGPOTrainer, TrainConfig  # noqa: E402
 
 PHASES = ("rollout", "reward", "update", "other")
@@ -95,8 +103,9 @@ class Ours:
     """One sgpo_engine trainer, stepped from outside (so engines can take turns)."""
 
     def __init__(self, path, args, scope, examples_log):
-        cfg = TrainConfig(model=path, device=args.device, dataset="builtin:arith", task_min_ops=args.min_ops,
-                          task_max_ops=args.max_ops,
+        cfg = TrainConfig(model=path, device=args.device, dataset=args.dataset, task_min_ops=args.min_ops,
+                          task_max_ops=args.max_ops, prompt_field=args.prompt_field, chat_template=args.chat_template,
+                          judge="builtin" if args.dataset == BUILTIN else "none",
                           prompts_per_step=args.prompts, num_samples=args.G, max_new_tokens=args.max_new_tokens,
                           temperature=1.0, judge="builtin", scope=scope, loss_type="dapo", eps_low=0.2,
                           eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.prompts * args.G, lr=args.lr,
@@ -162,15 +171,19 @@ def run_trl(path, args, prompts_by_step, examples_log, between=()):
     transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(path)
-    rows = [{"prompt": e.prompt, "answer": e.answer} for step in prompts_by_step for e in step]
+    as_prompt = (lambda p: [{"role": "user", "content": p}]) if args.chat_template else (lambda p: p)
+    rows = [{"prompt": as_prompt(e.prompt), "answer": e.answer} for step in prompts_by_step for e in step]
+    verify = args.task.verify
     timer = {}
     counts = {}
 
     def reward(prompts, completions, answer, **kw):
         t0 = time.perf_counter()
-        out = [1.0 if tasks.verify(c, a) else 0.0 for c, a in zip(completions, answer)]
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]  # chat: the reply
+        out = [1.0 if verify(t, a) else 0.0 for t, a in zip(texts, answer)]
         timer["reward"] = timer.get("reward", 0.0) + time.perf_counter() - t0
-        examples_log.append(list(dict.fromkeys(prompts)))  # unique prompts, in order
+        unwrap = [p[-1]["content"] if isinstance(p, list) else p for p in prompts]
+        examples_log.append(list(dict.fromkeys(unwrap)))  # unique prompts, in order
         counts["completions"] = len(completions)
         counts["accuracy"] = sum(out) / len(out)
         return out
@@ -256,6 +269,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared 2-core CPU)")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline")
+    ap.add_argument("--engines", default=None, help="comma-separated subset of sgpo_grpo,sgpo_sgpo,trl_grpo")
+    ap.add_argument("--dataset", default=BUILTIN, help="builtin:arith (default) or a .jsonl / .parquet file")
+    ap.add_argument("--prompt-field", default="prompt")
+    ap.add_argument("--chat-template", action="store_true", help="prompts as a user turn of the chat template")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 8)
@@ -266,6 +283,7 @@ def main(argv=None):
     report = {"device": card or platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "prompts": args.prompts, "samples": args.G,
               "max_new_tokens": args.max_new_tokens, "task_ops": [args.min_ops, args.max_ops], "lr": args.lr,
+              "dataset": args.dataset, "chat_template": args.chat_template,
               "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {}, "errors": {}}
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp
@@ -274,14 +292,20 @@ def main(argv=None):
         print(f"model: {what} ({path}); {args.prompts} prompts x G={args.G}, k={args.min_ops}..{args.max_ops}, "
               f"{args.max_new_tokens} new tokens, lr {args.lr}, {args.threads} thread(s), "
               f"{args.warmup} warm-up + {args.steps} timed steps per engine")
-        src = tasks.ArithSource(args.min_ops, args.max_ops, args.seed)
+        args.task = make_task(argparse.Namespace(dataset=args.dataset, task_min_ops=args.min_ops,
+                                                 task_max_ops=args.max_ops, seed=args.seed,
+                                                 prompt_field=args.prompt_field, answer_field="answer",
+                                                 reference_field="reference"))
+        src = args.task.source()
         prompts_by_step = [src.batch(s, args.prompts) for s in range(args.warmup + args.steps)]
-        seen = {"sgpo_grpo": [], "sgpo_sgpo": [], "trl_grpo": []}
-        ours = {"sgpo_grpo": Ours(path, args, "off", seen["sgpo_grpo"]),
-                "sgpo_sgpo": Ours(path, args, "all_negative", seen["sgpo_sgpo"])}
+        engines = args.engines.split(",") if args.engines else \
+            ["sgpo_grpo", "trl_grpo"] + (["sgpo_sgpo"] if args.dataset == BUILTIN else [])
+        seen = {name: [] for name in engines}
+        scopes = {"sgpo_grpo": "off", "sgpo_sgpo": "all_negative"}
+        ours = {name: Ours(path, args, scopes[name], seen[name]) for name in engines if name in scopes}
         trl_error = None
-        if args.no_trl:
-            trl_error = "skipped (--no-trl)"
+        if args.no_trl or "trl_grpo" not in engines:
+            trl_error = "skipped"
         else:
             try:
                 import trl
@@ -299,7 +323,7 @@ def main(argv=None):
                 trl_error = f"TRL failed: {type(e).__name__}: {e}"
         if trl_error is not None:
             report["errors"]["trl_grpo"] = trl_error
-            del seen["trl_grpo"]
+            seen.pop("trl_grpo", None)
         while not all(o.done() for o in ours.values()):  # without TRL (or after it failed)
             for o in ours.values():
                 if not o.done():
@@ -328,13 +352,14 @@ def main(argv=None):
     summary = {}
     if "trl_grpo" in R:
         t = R["trl_grpo"]
-        for name in ("sgpo_grpo", "sgpo_sgpo"):
+        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo") if n in R):
             for key in ("step", "rollout", "update"):
                 summary[f"{name}_vs_trl_{key}_tokens_per_s"] = R[name][f"{key}_tokens_per_s"] / t[f"{key}_tokens_per_s"]
         print()
         for k, v in summary.items():
             print(f"  {k:38s} {v:6.2f}x")
     report["summary"] = summary
+    report["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     out = args.out or os.path.join(ROOT, "bench", "results", f"train_{args.device}{'_quick' if args.quick else ''}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".tmp", "w") as f:

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional
+
+# Before torch loads OpenMP: threads waiting for work sleep instead of spinning.
+# On a shared CPU a spinning team steals the cores its own slowest thread
+# needs; measured, a step ran 2-4x slower with one core busy elsewhere, about
+# as fast as with 1 thread when sleeping (docs/design.md section 6.7).
+if "GOMP_SPINCOUNT" not in os.environ:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _train(args, overrides: list[str]) -> int:
@@ -24,13 +32,14 @@ def _train(args, overrides: list[str]) -> int:
         last = history[-1]
         print(f"done: step {last['step']}, accuracy {last['accuracy']:.3f}, "
               f"all-negative {last['all_negative_frac']:.2f}, metrics in {cfg.output}/metrics.jsonl")
-    trainer.dist.close()
+    trainer.close()
     return 0
 
 
 def _generate(args, _overrides) -> int:
-    from . import generate, load
-    policy = load(args.model, dtype=args.dtype, device=args.device)
+    from . import generate
+    from .tasks.factory import load_policy
+    policy = load_policy(args.model, dtype=args.dtype, device=args.device)
     prompts = args.prompt if not args.token_ids else [json.loads(p) for p in args.prompt]
     out = generate(policy, prompts, num_samples=args.n, max_new_tokens=args.max_new_tokens,
                    temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
@@ -57,12 +66,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train with SGPO/GRPO from a TOML config (extra --field value overrides)")
+    from .train.config import fields_help
+    t = sub.add_parser("train", help="train with SGPO/GRPO from a TOML config (extra --field value overrides)",
+                       usage="sgpo train [--config FILE.toml] [--FIELD VALUE ...]",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Every field below can be set in the TOML file (tables are for reading "
+                                   "comfort only) and\noverridden on the command line: --max-steps 3, --lr=1e-6, "
+                                   "--resume (a bool alone means true).",
+                       epilog="config fields, by TOML table:\n\n" + fields_help())
     t.add_argument("--config", default=None, help="TOML file (default: the built-in task's defaults)")
     t.set_defaults(func=_train, overrides_ok=True)
 
     g = sub.add_parser("generate", help="sample completions from a model folder")
-    g.add_argument("--model", required=True)
+    g.add_argument("--model", required=True, help="Hugging Face-format folder, or builtin:arith")
     g.add_argument("--prompt", action="append", required=True, help="repeatable")
     g.add_argument("--token-ids", action="store_true", help="prompts are JSON lists of token ids")
     g.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template")

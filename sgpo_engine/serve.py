@@ -510,7 +510,7 @@ class Server(ThreadingHTTPServer):
 # command line
 # ---------------------------------------------------------------------------
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face-format model folder")
+    p.add_argument("--model", required=True, help="Hugging Face-format model folder, or builtin:arith")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (0: any free port)")
     p.add_argument("--served-model-name", default=None, help="the model id clients send (default: folder name)")
@@ -520,14 +520,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body accepted")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     p.add_argument("--max-n", type=int, default=64, help="largest n accepted")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--log-level", default="INFO")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .model import load
+    import torch
 
+    from .tasks.factory import load_policy
+    from .threads import cpu_threads
+
+    torch.set_num_threads(cpu_threads(args.threads, 1))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    policy = load(args.model, dtype=args.dtype, device=args.device)
+    policy = load_policy(args.model, dtype=args.dtype, device=args.device)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     server = Server(policy, args.host, args.port, model_name=name, max_batch=args.max_batch,
                     max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens, max_n=args.max_n)

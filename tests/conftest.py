@@ -20,8 +20,11 @@ def gen(request) -> torch.Generator:
 # threads: the suite runs single-threaded by default (small shapes, a shared
 # 2-core machine); tests/test_threads.py checks the multi-threaded paths.
 # SGPO_TEST_THREADS overrides.
+# The env var too: trainers built in the tests (threads = 0, auto) follow it.
 def pytest_configure(config):
-    torch.set_num_threads(int(os.environ.get("SGPO_TEST_THREADS", "1")))
+    threads = os.environ.get("SGPO_TEST_THREADS", "1")
+    os.environ["OMP_NUM_THREADS"] = threads
+    torch.set_num_threads(int(threads))
 
 
 # The small real model (SmolLM2-135M-Instruct, from the PyPI package

@@ -72,6 +72,13 @@ class _FakeHandler(BaseHTTPRequestHandler):
             with s.lock:
                 s.in_flight -= 1
 
+    def do_GET(self):  # GET /v1/models, for check_server; the script sees body None
+        s = self.server
+        with s.lock:
+            n = len(s.requests)
+            s.requests.append((self.path, None, dict(self.headers)))
+        self._act(s.script(n, None))
+
     def _act(self, action):
         kind = action[0]
         if kind == "sleep":
@@ -239,6 +246,34 @@ def test_connection_refused():
     v, wall = judge_one(j)
     assert v.failed and v.reason == "connection" and wall < 5.0
     assert j.stats["failures"] == {"connection": 1}
+
+
+def test_check_server_before_training(monkeypatch):
+    """One GET /models before the first step: the judge is up, takes the key,
+    serves the model; else one ValueError that says what to fix."""
+    monkeypatch.setenv("SGPO_TEST_KEY", "sk-secret-123")
+    listing = json.dumps({"object": "list", "data": [{"id": "judge-model"}, {"id": "other"}]}).encode()
+    with fake(lambda n, body: ("raw", 200, listing)) as srv:
+        make_judge(srv.url, api_key_env="SGPO_TEST_KEY").check_server()
+        assert srv.requests[0][0] == "/v1/models" and srv.requests[0][2]["Authorization"] == "Bearer sk-secret-123"
+        only_other = json.dumps({"data": [{"id": "other"}]}).encode()
+        srv.script = lambda n, body: ("raw", 200, only_other)
+        with pytest.raises(ValueError, match=r"^what: .* does not serve model 'judge-model' \(it serves 'other'\)"):
+            make_judge(srv.url).check_server("what")
+    with fake(lambda n, body: ("status", 404, "no such route")) as srv:
+        with pytest.raises(ValueError, match=r"answered 404: is http://127.0.0.1:\d+/v1/v1 the API root"):
+            make_judge(srv.url + "/v1").check_server()
+    with fake(lambda n, body: ("status", 401, "invalid key sk-secret-123")) as srv:
+        with pytest.raises(ValueError, match=r"HTTP 401.*is the judge server up") as e:
+            make_judge(srv.url, api_key_env="SGPO_TEST_KEY").check_server()
+        assert "sk-secret-123" not in str(e.value)
+    with fake(lambda n, body: ("status", 501, "GET not supported")) as srv:
+        make_judge(srv.url).check_server()  # no model list: the chat requests will tell
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ValueError, match=rf"cannot reach http://127.0.0.1:{port}/v1/models.*is the judge server up"):
+        make_judge(f"http://127.0.0.1:{port}/v1").check_server()
 
 
 def test_mixed_faults_in_one_batch_never_raise():

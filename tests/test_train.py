@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import tomllib
 import zlib
 
 import pytest
@@ -31,7 +33,7 @@ from sgpo_engine.generation import Completion
 from sgpo_engine.judge import FunctionJudge
 from sgpo_engine.train import Example, JsonlSource, SGPOTrainer, TrainConfig, load_config
 from sgpo_engine.train import checkpoint as ckpt
-from sgpo_engine.train.config import from_dict
+from sgpo_engine.train.config import FIELDS, field_tables, from_dict
 from train_helpers import JudgeServer, ROOT, cli as cli_cmd, free_port, read_weights, run, save_tiny_policy, \
     subprocess_env
 
@@ -110,7 +112,16 @@ def test_loop_metrics_checkpoints(tmp_path):
     saved = load_config(str(out / "config.toml"))
     assert saved == trainer.cfg
     # checkpoints: every step saved, only the newest 2 kept, no temporaries left
-    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-3", "config.toml", "metrics.jsonl"]
+    assert sorted(os.listdir(out)) == ["checkpoint-2", "checkpoint-3", "completions.jsonl", "config.toml",
+                                       "metrics.jsonl"]
+    # completions.jsonl: the first log_completions (8) of each step, with what the judge said
+    logged = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1] * 8 + [2] * 8 + [3] * 8
+    for r in logged:
+        assert isinstance(r["completion"], str) and r["tokens"] > 0 and not r["correct"] and r["reward"] == 0.0
+        assert r["judge"]["reason"] in ("ok", "empty") and 0 <= r["judge"]["rts"] <= 1
+        assert math.isfinite(r["advantage"])
+    assert any(r["judge"]["reason"] == "ok" for r in logged)
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [2, 3]
     ids = torch.tensor([[1, 5, 14, 6, 16, 7, 18, 17, 7]])
     for name in ("checkpoint-2", "checkpoint-3"):
@@ -593,8 +604,9 @@ def test_torchrun_rank_without_prompts(tmp_path, reference_run):
 # 6. bad config fields and dataset rows: clear errors, API and CLI
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize("values, needle", [
-    ({"learning_rate": 1e-4}, "unknown field 'learning_rate'"),
-    ({"optim": {"lrr": 1e-4}}, "unknown field 'lrr'"),
+    ({"learning_rate": 1e-4}, "unknown field 'learning_rate' (did you mean 'lr'?)"),
+    ({"optim": {"lrr": 1e-4}}, "unknown field 'lrr' (did you mean 'lr'?)"),
+    ({"run": {"zzz": 1}}, "unknown field 'zzz' (`sgpo train --help` lists them)"),
     ({"max_steps": "many"}, "'max_steps'"),
     ({"max_steps": 1.5}, "'max_steps'"),
     ({"lr": True}, "'lr'"),
@@ -610,7 +622,7 @@ def test_torchrun_rank_without_prompts(tmp_path, reference_run):
     ({"judge": "none"}, "'scope'"),
 ])
 def test_bad_config_api(values, needle):
-    with pytest.raises(ValueError, match=needle.replace("(", r"\(")):
+    with pytest.raises(ValueError, match=re.escape(needle)):
         from_dict(values).validate()
 
 
@@ -624,10 +636,28 @@ def test_bad_config_toml_and_trainer(tmp_path):
         load_config(str(bad))
     with pytest.raises(ValueError, match="no such file"):
         load_config(str(tmp_path / "missing.toml"))
-    with pytest.raises(ValueError, match="unknown config field 'max_step'"):
+    with pytest.raises(ValueError, match=re.escape("unknown field 'max_step' (did you mean 'max_steps'?)")):
         load_config(None, ["--max-step", "3"])
     with pytest.raises(ValueError, match="'scope'"):
         SGPOTrainer(tiny_config(tmp_path, scope="nope"), policy=tasks.new_policy(seed=0))
+
+
+def test_train_help_lists_every_field_by_table(capsys):
+    """`sgpo train --help` shows every field with its type and default, under
+    the TOML table the shipped recipes put it in."""
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    tables = dict(field_tables())
+    assert sorted(n for rows in tables.values() for n, *_ in rows) == sorted(FIELDS)
+    for name, kind, default, _ in (row for rows in tables.values() for row in rows):
+        flag = f"--{name.replace('_', '-')} {kind.upper().replace(' ', '_')}"
+        assert re.search(rf"^  {re.escape(flag)} +default {re.escape(json.dumps(default))}", text, re.M), name
+    for recipe in ("arith.toml", "gsm8k.toml"):
+        with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", recipe), "rb") as f:
+            values = tomllib.load(f)
+        for table, fields in ((t, v) for t, v in values.items() if isinstance(v, dict)):
+            assert set(fields) <= {n for n, *_ in tables[f"[{table}]"]}, (recipe, table)
 
 
 BAD_ROWS = [
@@ -657,6 +687,32 @@ def test_bad_dataset_rows_api(tmp_path, text, needle):
     assert want in str(e.value), str(e.value)
 
 
+def test_preflight_errors_name_the_thing(tmp_path, tiny_model, capsys):
+    """Bad input is one clear error before the first step (API and CLI): a
+    model folder without the tokenizer or chat template its prompts need, a
+    prompt longer than the context, a judge server that refuses connections."""
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": 2}\n')
+    base = ["train", "--dataset", str(data), "--judge", "none", "--scope", "off", "--output", str(tmp_path / "o"),
+            "--tensorboard", "false"]
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(tiny_model, no_tok)
+    os.remove(no_tok / "tokenizer.json")
+    assert f"{no_tok}: no tokenizer.json" in cli_error(capsys, base + ["--model", str(no_tok)])
+    err = cli_error(capsys, base + ["--model", tiny_model, "--chat-template"])
+    assert f"{tiny_model}: config field 'chat_template' is true, but the tokenizer has no chat template" in err
+    context = tasks.new_policy(seed=0).config.max_position_embeddings
+    data.write_text('{"prompt": "1+1=", "answer": 2}\n' + json.dumps({"prompt": "1+" * context, "answer": 0}) + "\n")
+    err = cli_error(capsys, base + ["--model", tiny_model])
+    assert re.search(rf"{re.escape(str(data))}:2: the prompt is \d+ tokens, and the model's context is {context}", err)
+    data.write_text('{"prompt": "1+1=", "answer": 2}\n')
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    err = cli_error(capsys, ["train", "--judge", "http", "--judge-url", url, "--judge-model", "judge",
+                             "--model", tiny_model, "--output", str(tmp_path / "o"), "--tensorboard", "false"])
+    assert f"config field 'judge_url': cannot reach {url}/models" in err and "is the judge server up" in err
+    assert not (tmp_path / "o" / "metrics.jsonl").exists()
+
+
 def cli_error(capsys, args) -> str:
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
@@ -673,7 +729,8 @@ def test_bad_config_and_data_cli(tmp_path, capsys, tiny_model):
     assert "unknown field 'colour'" in cli_error(capsys, ["train", "--config", str(bad)])
     assert "'max_steps'" in cli_error(capsys, ["train", "--max-steps", "x"])
     assert "'scope'" in cli_error(capsys, ["train", "--scope", "maybe"])
-    assert "unknown config field 'bogus'" in cli_error(capsys, ["train", "--bogus", "1"])
+    assert "unknown field 'bogus'" in cli_error(capsys, ["train", "--bogus", "1"])
+    assert "(did you mean 'num_samples'?)" in cli_error(capsys, ["train", "--num-generations", "8"])
     assert "'judge_url'" in cli_error(capsys, ["train", "--judge", "http", "--judge-model", "m"])
     data = tmp_path / "data.jsonl"
     data.write_text('{"prompt": "1+1=", "answer": 2}\n{"prompt": "", "answer": 4}\n')

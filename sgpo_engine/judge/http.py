@@ -156,9 +156,37 @@ class HTTPJudge(Judge):
             h["Authorization"] = f"Bearer {key}"
         return h
 
+    def check_server(self, what: str = "judge") -> None:
+        """ValueError (starting with `what`) when the server cannot be reached,
+        refuses the API key, has no GET {base_url}/models (vLLM, SGLang, OpenAI
+        and `sgpo serve` all do: a 404 means a wrong API root), or lists its
+        models without this one. Called once before training, so a judge that
+        is not there is one clear error, not every verdict of a step failing."""
+        req = urllib.request.Request(self.base_url + "/models", headers=self._headers(), method="GET")
+        try:
+            raw = self._send(req)
+        except _Failure as f:
+            if f.reason == "http_404":
+                raise ValueError(f"{what}: {self.base_url}/models answered 404: is {self.base_url} the API root "
+                                 "(http://host:port/v1 for vLLM, SGLang and sgpo serve)?") from None
+            if f.reason in ("connection", "timeout", "http_401", "http_403"):
+                raise ValueError(f"{what}: {self._scrub(f.detail)}; is the judge server up at "
+                                 f"{self.base_url} (and the key in ${self.api_key_env})?") from None
+            return  # a 5xx or 405: the chat requests will tell
+        try:
+            served = [m["id"] for m in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError):
+            return
+        if served and self.model not in served:
+            raise ValueError(f"{what}: {self.base_url} does not serve model {self.model!r} "
+                             f"(it serves {', '.join(map(repr, served[:8]))})")
+
     def _post(self, data: bytes) -> bytes:
         """One attempt: the response body of a 2xx, else _Failure."""
-        req = urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST")
+        return self._send(urllib.request.Request(self.url, data=data, headers=self._headers(), method="POST"))
+
+    def _send(self, req: urllib.request.Request) -> bytes:
+        url = req.full_url
         deadline = time.monotonic() + self.timeout
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
@@ -179,7 +207,7 @@ class HTTPJudge(Judge):
         except urllib.error.URLError as e:
             if isinstance(e.reason, (TimeoutError, socket.timeout)):
                 raise _Failure("timeout", f"no response within {self.timeout:g} s", True) from None
-            raise _Failure("connection", f"cannot reach {self.url}: {e.reason}", True) from None
+            raise _Failure("connection", f"cannot reach {url}: {e.reason}", True) from None
         except (ConnectionError, http.client.HTTPException, OSError) as e:
             raise _Failure("connection", f"{type(e).__name__}: {e}", True) from None
 

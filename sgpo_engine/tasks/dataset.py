@@ -55,7 +55,7 @@ class JsonlSource:
 
     def __init__(self, path: str, prompt_field="prompt", answer_field="answer",
                  reference_field: Optional[str] = "reference", seed: int = 0):
-        self.examples = []
+        self.examples, self.where = [], []  # where: each example's file:line (or row), for errors
         for where, row in _read_rows(path):
             for name in (prompt_field, answer_field):
                 if name not in row:
@@ -67,9 +67,25 @@ class JsonlSource:
             if ref is not None and not isinstance(ref, str):
                 raise ValueError(f"{where}: field '{reference_field}' must be a string")
             self.examples.append(Example(row[prompt_field], row[answer_field], ref))
+            self.where.append(where)
         if not self.examples:
             raise ValueError(f"{path}: no examples")
         self.seed = seed
+
+    def check_prompts(self, policy, chat_template: bool) -> None:
+        """Every prompt encodes (the model has a tokenizer, and a chat template
+        when one is used) and leaves room to generate within the model's
+        context: one error naming the row before training, not at step N."""
+        from ..generation.generate import encode_prompt
+        context = policy.config.max_position_embeddings
+        for ex, where in zip(self.examples, self.where):
+            try:
+                n = len(encode_prompt(policy, ex.prompt, chat_template))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if n >= context:
+                raise ValueError(f"{where}: the prompt is {n} tokens, and the model's context is {context} "
+                                 "(max_position_embeddings): shorten or drop it")
 
     def batch(self, step: int, n: int) -> list[Example]:
         """The n examples of training step `step` (0-based): consecutive slices of

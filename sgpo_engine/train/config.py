@@ -8,6 +8,8 @@ of the wrong type are errors that name the field.
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import inspect
 import json
 import math
 import os
@@ -22,67 +24,69 @@ from ..tasks.builtin import BUILTIN  # the built-in task's (and its model's) nam
 
 @dataclass
 class TrainConfig:
-    # ---- model and data
+    # ---- [model]
     model: str = BUILTIN                 # HF-layout folder, or builtin:arith (the shipped warm start)
-    dtype: str = "float32"
-    device: str = "cpu"
+    dtype: str = "float32"               # float32 | bfloat16 | float16
+    device: str = "cpu"                  # cpu | cuda
+
+    # ---- [data]
     dataset: str = BUILTIN               # .jsonl / .parquet file, or builtin:arith
     prompt_field: str = "prompt"         # a string, or chat messages [{"role", "content"}]
-    answer_field: str = "answer"
+    answer_field: str = "answer"         # what the verifier checks a response against
     reference_field: str = "reference"   # optional worked solution shown to the judge
     chat_template: bool = False          # apply the tokenizer's chat template to string prompts
     task_min_ops: int = 10               # builtin:arith difficulty (operations per problem)
     task_max_ops: int = 12
 
-    # ---- rollout
+    # ---- [rollout]
     rollout: str = "local"               # local (the engine's generate) | openai (an external server)
-    rollout_url: str = ""
-    rollout_model: str = ""
+    rollout_url: str = ""                # with rollout = openai: the server root (http://host:port)
+    rollout_model: str = ""              # with rollout = openai: the model id it serves
     prompts_per_step: int = 16
     num_samples: int = 8                 # G, responses per prompt
     max_new_tokens: int = 112
     temperature: float = 1.0
-    top_k: int = 0
+    top_k: int = 0                       # 0: off
     top_p: float = 1.0
     min_p: float = 0.0
-    stop: list = field(default_factory=list)
+    stop: list = field(default_factory=list)  # stop strings (comma-separated on the command line)
 
-    # ---- verifier and judge
+    # ---- [judge]
     judge: str = "builtin"               # builtin (task's exact checker) | http | local | none
-    judge_url: str = ""
-    judge_model: str = ""
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_concurrency: int = 8
-    judge_timeout: float = 60.0
+    judge_url: str = ""                  # with judge = http: an OpenAI-compatible API root (.../v1)
+    judge_model: str = ""                # with judge = http: the model id it serves
+    judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the judge's API key
+    judge_concurrency: int = 8           # requests in flight
+    judge_timeout: float = 60.0          # seconds for one attempt
     judge_max_tokens: int = 1024         # the judge's reply budget (its verdict is the last line)
-    step_mode: str = "line"
+    step_mode: str = "line"              # how responses split into steps: line | paragraph | marker
     correct_reward: float = 1.0
     incorrect_reward: float = 0.0
 
-    # ---- SGPO advantages
+    # ---- [sgpo]
     scope: str = "all_negative"          # all_negative | all_incorrect | off (plain GRPO)
-    credit: str = "sigmoid"              # sigmoid | linear
+    credit: str = "sigmoid"              # sigmoid | linear: judged prefix fraction -> partial credit
     credit_beta: float = 5.0
     credit_gamma: float = 0.5
-    credit_scale: float = 0.5
-    adv_scale: str = "group"             # group | batch | none
+    credit_scale: float = 0.5            # the most partial credit, as a fraction of correct_reward
+    adv_scale: str = "group"             # group | batch | none: what the advantages are divided by
     adv_eps: float = 1e-4
     filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
-    credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only, see credit.py)
+    credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only)
 
-    # ---- loss
+    # ---- [loss]
     loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
-    importance_sampling_level: str = "token"
-    eps_low: float = 0.2
+    importance_sampling_level: str = "token"  # token | sequence (GSPO)
+    eps_low: float = 0.2                 # ratio clip: [1 - eps_low, 1 + eps_high]
     eps_high: float = 0.2
-    delta: Optional[float] = None
+    delta: Optional[float] = None        # cap on the unclipped ratio (two-sided GRPO; none: off)
     beta: float = 0.0                    # k3 KL to the frozen initial policy
     mu: int = 1                          # optimization epochs per rollout
     micro_batch_size: int = 64           # sequences per forward/backward
     recompute_old_logp: bool = False     # recompute old log-probs instead of the sampler's
     gradient_checkpointing: bool = False
 
-    # ---- optimizer
+    # ---- [optim]
     lr: float = 1e-4
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
@@ -91,19 +95,21 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     warmup_steps: int = 0
     lr_schedule: str = "cosine"          # cosine | constant
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: float = 0.1            # cosine's floor, as a fraction of lr
 
-    # ---- run
+    # ---- [run]
     max_steps: int = 100
     seed: int = 0
     output: str = "runs/sgpo"
-    save_every: int = 50
+    save_every: int = 50                 # checkpoint every N steps (and at the last)
     keep_checkpoints: int = 2
     eval_every: int = 0                  # builtin:arith held-out greedy accuracy every N steps (0 = off)
     eval_problems: int = 100
-    resume: bool = False
+    resume: bool = False                 # continue from the latest checkpoint in output
     tensorboard: bool = True
+    log_completions: int = 8             # completions per step written to OUTPUT/completions.jsonl (0: off)
     progress: Optional[bool] = None      # progress bar (default: on a terminal)
+    threads: int = 0                     # torch CPU threads per process (0: OMP_NUM_THREADS, else CPUs / local ranks)
 
     def validate(self) -> "TrainConfig":
         choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
@@ -119,7 +125,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
         nonneg = ("lr", "weight_decay", "max_grad_norm", "warmup_steps", "beta", "eps_low", "eps_high",
-                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems")
+                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads")
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}': expected >= 0, got {getattr(self, name)}")
@@ -140,6 +146,56 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+# What TRL's GRPOConfig (or verl) calls some fields: a user's first guess.
+_OTHER_NAMES = {"learning_rate": "lr", "num_generations": "num_samples", "max_completion_length": "max_new_tokens",
+                "epsilon": "eps_low", "epsilon_high": "eps_high", "num_iterations": "mu", "output_dir": "output",
+                "model_name_or_path": "model", "max_new_token": "max_new_tokens", "group_size": "num_samples",
+                "kl_coef": "beta", "per_device_train_batch_size": "micro_batch_size", "clip_ratio": "eps_low"}
+
+
+def unknown_field(name: str, where: str) -> ValueError:
+    """The error for a name that is not a field, with the closest field when one is close."""
+    close = difflib.get_close_matches(name, [*FIELDS, *_OTHER_NAMES], n=1, cutoff=0.6)
+    guess = _OTHER_NAMES.get(close[0], close[0]) if close else None
+    hint = f" (did you mean '{guess}'?)" if guess else " (`sgpo train --help` lists them)"
+    return ValueError(f"{where}: unknown field '{name}'{hint}")
+
+
+def field_tables() -> list[tuple[str, list[tuple[str, str, Any, str]]]]:
+    """[(table, [(field, type, default, comment)])], in TrainConfig's order.
+
+    Read from TrainConfig's source: its `# ---- [table]` lines and each field's
+    trailing comment are the documentation, so help cannot drift from the code.
+    """
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = dataclasses.asdict(TrainConfig())
+    tables: list[tuple[str, list]] = []
+    for line in inspect.getsource(TrainConfig).splitlines():
+        text = line.strip()
+        if text.startswith("# ---- ["):
+            tables.append((text[len("# ---- "):], []))
+            continue
+        name = text.split(":", 1)[0]
+        if name in FIELDS and tables:
+            hint = hints[name]
+            args = [a.__name__ for a in typing.get_args(hint) if a is not type(None)]
+            kind = f"{args[0]} or none" if args else hint.__name__
+            comment = text.split("#", 1)[1].strip() if "#" in text else ""
+            tables[-1][1].append((name, kind, defaults[name], comment))
+    return tables
+
+
+def fields_help() -> str:
+    """Every field, grouped by TOML table, with its type, default and meaning."""
+    out = []
+    for table, rows in field_tables():
+        out.append(table)
+        for name, kind, default, comment in rows:
+            flag = f"  --{name.replace('_', '-')} {kind.upper().replace(' ', '_')}"
+            out.append(f"{flag:<32} default {json.dumps(default)}" + (f"; {comment}" if comment else ""))
+        out.append("")
+    return "\n".join(out)
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -176,7 +232,7 @@ def from_dict(values: dict, where: str = "config") -> TrainConfig:
         items = value.items() if isinstance(value, dict) else [(key, value)]
         for k, v in items:  # one level of tables, flattened
             if k not in FIELDS:
-                raise ValueError(f"{where}: unknown field '{k}'")
+                raise unknown_field(k, where)
             if k in flat:
                 raise ValueError(f"{where}: field '{k}' is given twice")
             flat[k] = _coerce(k, v)
@@ -209,7 +265,7 @@ def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:
         key, _, value = arg[2:].partition("=")
         name = key.replace("-", "_")
         if name not in FIELDS:
-            raise ValueError(f"override: unknown config field '{name}'")
+            raise unknown_field(name, "override")
         if not _:
             is_bool = typing.get_type_hints(TrainConfig)[name] is bool
             if is_bool and (i + 1 == len(args) or args[i + 1].startswith("--")):

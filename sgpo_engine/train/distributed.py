@@ -13,6 +13,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
         if self.world > 1 and device == "cuda":
             torch.cuda.set_device(self.local_rank)  # NCCL uses the current device
         if self.world > 1 and not dist.is_initialized():
@@ -57,5 +58,7 @@ class Dist:
         return [v for part in out for v in part]
 
     def close(self):
+        """Every rank reaches the end before any group is torn down."""
         if self.world > 1 and dist.is_initialized():
+            dist.barrier()
             dist.destroy_process_group()

@@ -1,5 +1,6 @@
 """Per-step metrics: OUTPUT/metrics.jsonl (one JSON object per step) and
-TensorBoard when it is installed."""
+TensorBoard when it is installed; sample completions: OUTPUT/completions.jsonl
+(what the policy wrote, what the verifier and the judge said of it)."""
 from __future__ import annotations
 
 import json
@@ -34,6 +35,41 @@ class MetricsWriter:
         self.file.close()
         if self.tb is not None:
             self.tb.close()
+
+
+class CompletionLog:
+    """OUTPUT/completions.jsonl: per step, the first `per_step` completions of
+    this rank, one JSON object each (TRL's log_completions, as a file)."""
+
+    def __init__(self, output: str, per_step: int, resume_step: int = 0):
+        self.path = os.path.join(output, "completions.jsonl")
+        self.per_step = per_step
+        _truncate_after(self.path, resume_step)
+        self.file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, step: int, examples, groups, rewards, advantages, tokenizer):
+        """rewards: the SGPORewards of these groups; advantages [N], one per completion."""
+        rows, i = [], 0
+        for ex, group in zip(examples, groups):
+            for c in group:
+                if len(rows) < self.per_step:
+                    v = rewards.verdicts[i]
+                    rows.append({
+                        "step": step, "prompt": ex.prompt,
+                        "prompt_text": tokenizer.decode(c.prompt_ids, skip_special_tokens=False)
+                        if tokenizer is not None else None,
+                        "completion": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids),
+                        "correct": bool(rewards.correct[i]), "reward": float(rewards.rewards[i]),
+                        "advantage": float(advantages[i]),
+                        "judge": None if v is None else {"first_error": v.first_error, "num_steps": v.num_steps,
+                                                         "rts": None if v.failed else v.rts, "reason": v.reason}})
+                i += 1
+        for r in rows:
+            self.file.write(json.dumps(r) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
 
 
 def _truncate_after(path: str, step: int):

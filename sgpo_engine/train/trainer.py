@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import math
 import os
 import time
@@ -32,8 +33,9 @@ from ..tasks import Example, Task, load_policy, make_task
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_toml
 from .credit import prefix_reach, token_advantages
+from ..threads import cpu_threads
 from .distributed import Dist
-from .metrics import MetricsWriter
+from .metrics import CompletionLog, MetricsWriter
 from .rollout import LocalRollout, OpenAIRollout
 
 _POS = (1 << 63) - 1  # generator seeds must be non-negative
@@ -54,6 +56,7 @@ class SGPOTrainer:
                  verifier: Optional[Callable] = None, judge=None, rollout=None, task: Optional[Task] = None):
         self.cfg = cfg = config.validate()
         self.dist = Dist(cfg.device)
+        torch.set_num_threads(cpu_threads(cfg.threads, self.dist.local_world))
         self.device = torch.device(self.dist.device)
         torch.manual_seed(cfg.seed)
         self.task = task if task is not None else make_task(cfg)
@@ -68,6 +71,7 @@ class SGPOTrainer:
         if cfg.credit_assignment == "prefix" and self.policy.tokenizer is None:
             raise ValueError("config field 'credit_assignment': 'prefix' maps the judge's steps to tokens "
                              "and needs the policy's tokenizer (the model folder has no tokenizer.json)")
+        self._preflight()
         self.ref_policy = self._frozen_copy() if cfg.beta > 0 else None
         self.model = self.policy.decoder
         if self.dist.world > 1:
@@ -79,14 +83,41 @@ class SGPOTrainer:
         self.step = 0
         if cfg.resume:
             self._resume()
-        self.metrics = None
+        self.metrics = self.completions = None
         if self.dist.main:
             os.makedirs(cfg.output, exist_ok=True)
             with open(os.path.join(cfg.output, "config.toml"), "w") as f:
                 f.write(to_toml(cfg))
             self.metrics = MetricsWriter(cfg.output, cfg.tensorboard, resume_step=self.step)
+            if cfg.log_completions:
+                self.completions = CompletionLog(cfg.output, cfg.log_completions, resume_step=self.step)
+
+    def close(self):
+        """Ends the run's process group (a no-op in one process). DDP's reducer
+        holds a reference to the group, so the wrapper goes first: otherwise
+        the group outlives destroy_process_group and its Gloo threads are torn
+        down during interpreter exit, which aborted a rank in ~1 run of 15."""
+        self.model = self.policy.decoder
+        gc.collect()
+        self.dist.close()
 
     # ------------------------------------------------------------------ setup
+    def _preflight(self):
+        """Bad input as one error naming it, before the first step: a model
+        without the tokenizer or chat template its prompts need, a prompt that
+        does not fit the context, a judge server that is not there."""
+        cfg = self.cfg
+        if hasattr(self.source, "check_prompts"):  # a dataset file: text prompts, and rows to name
+            tok = self.policy.tokenizer
+            if tok is None:
+                raise ValueError(f"{cfg.model}: no tokenizer.json, and the dataset's prompts are text")
+            if cfg.chat_template and tok.chat_template is None:
+                raise ValueError(f"{cfg.model}: config field 'chat_template' is true, but the tokenizer has no "
+                                 "chat template (tokenizer_config.json 'chat_template' or chat_template.jinja)")
+            self.source.check_prompts(self.policy, cfg.chat_template)
+        if hasattr(self.judge, "check_server"):
+            self.judge.check_server("config field 'judge_url'")
+
     def _frozen_copy(self):
         ref = copy.copy(self.policy)
         ref.decoder = copy.deepcopy(self.policy.decoder).eval().requires_grad_(False)
@@ -141,8 +172,9 @@ class SGPOTrainer:
                     self.save()
         finally:
             bar.close()
-            if self.metrics:
-                self.metrics.close()
+            for log in (self.metrics, self.completions):
+                if log:
+                    log.close()
         return history
 
     def train_step(self) -> dict:
@@ -158,6 +190,8 @@ class SGPOTrainer:
         t_rollout = time.perf_counter() - t0
 
         rew = self._rewards(mine, groups)
+        if self.completions and mine:
+            self.completions.write(s + 1, mine, groups, rew["sgpo"], rew["adv"].advantages, self.policy.tokenizer)
         t1 = time.perf_counter()
         batch = self._batch(mine, groups, rew)
         update = self._update(batch)
