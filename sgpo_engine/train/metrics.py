@@ -49,21 +49,18 @@ class CompletionLog:
 
     def write(self, step: int, examples, groups, rewards, advantages, tokenizer):
         """rewards: the SGPORewards of these groups; advantages [N], one per completion."""
-        rows, i = [], 0
-        for ex, group in zip(examples, groups):
-            for c in group:
-                if len(rows) < self.per_step:
-                    v = rewards.verdicts[i]
-                    rows.append({
-                        "step": step, "prompt": ex.prompt,
-                        "prompt_text": tokenizer.decode(c.prompt_ids, skip_special_tokens=False)
-                        if tokenizer is not None else None,
-                        "completion": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids),
-                        "correct": bool(rewards.correct[i]), "reward": float(rewards.rewards[i]),
-                        "advantage": float(advantages[i]),
-                        "judge": None if v is None else {"first_error": v.first_error, "num_steps": v.num_steps,
-                                                         "rts": None if v.failed else v.rts, "reason": v.reason}})
-                i += 1
+        flat = [(ex, c) for ex, group in zip(examples, groups) for c in group][:self.per_step]
+        rows = []
+        for i, (ex, c) in enumerate(flat):  # completion i of the step: the rewards' index i too
+            v = rewards.verdicts[i]
+            rows.append({
+                "step": step, "prompt": ex.prompt,
+                "prompt_text": tokenizer.decode(c.prompt_ids, skip_special_tokens=False) if tokenizer else None,
+                "completion": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids),
+                "correct": bool(rewards.correct[i]), "reward": float(rewards.rewards[i]),
+                "advantage": float(advantages[i]),
+                "judge": None if v is None else {"first_error": v.first_error, "num_steps": v.num_steps,
+                                                 "rts": None if v.failed else v.rts, "reason": v.reason}})
         for r in rows:
             self.file.write(json.dumps(r) + "\n")
         self.file.flush()

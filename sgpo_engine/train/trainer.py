@@ -30,10 +30,10 @@ from ..generation.rng import mix_seeds
 from ..judge import sgpo_rewards
 from ..progress import Progress
 from ..tasks import Example, Task, load_policy, make_task
+from ..threads import cpu_threads
 from . import checkpoint as ckpt
 from .config import TrainConfig, to_toml
 from .credit import prefix_reach, token_advantages
-from ..threads import cpu_threads
 from .distributed import Dist
 from .metrics import CompletionLog, MetricsWriter
 from .rollout import LocalRollout, OpenAIRollout
@@ -96,7 +96,8 @@ class SGPOTrainer:
         """Ends the run's process group (a no-op in one process). DDP's reducer
         holds a reference to the group, so the wrapper goes first: otherwise
         the group outlives destroy_process_group and its Gloo threads are torn
-        down during interpreter exit, which aborted a rank in ~1 run of 15."""
+        down during interpreter exit, which aborted a rank in ~1 run of 30
+        (docs/design.md section 6.7)."""
         self.model = self.policy.decoder
         gc.collect()
         self.dist.close()
