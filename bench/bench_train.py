@@ -107,7 +107,7 @@ class Ours:
                           task_max_ops=args.max_ops, prompt_field=args.prompt_field, chat_template=args.chat_template,
                           judge="builtin" if args.dataset == BUILTIN else "none",
                           prompts_per_step=args.prompts, num_samples=args.G, max_new_tokens=args.max_new_tokens,
-                          temperature=1.0, judge="builtin", scope=scope, loss_type="dapo", eps_low=0.2,
+                          temperature=1.0, scope=scope, loss_type="dapo", eps_low=0.2,
                           eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.prompts * args.G, lr=args.lr,
                           lr_schedule="constant", max_grad_norm=1.0, max_steps=args.warmup + args.steps,
                           seed=args.seed, output=os.path.join(args.tmp, f"ours_{scope}"), save_every=10 ** 9,
