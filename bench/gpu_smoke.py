@@ -29,9 +29,10 @@ def main() -> None:
     ops.group_advantages(r[:36], group_size=4, correct=r[:36] > 0, rts=rts[:36])
     ops.group_advantages(r, group_offsets=torch.tensor([0, 1, 9, 37]), correct=r > 0, rts=rts, scale="batch")
 
-    # fused_policy_loss (token and sequence level, bf16) and fused_logprobs with its backward
+    # fused_policy_loss (token and sequence level, each surrogate, bf16) and fused_logprobs with its backward
     B, T, H, V = 3, 5, 24, 1001
-    for dtype, level in ((torch.float32, "token"), (torch.bfloat16, "sequence")):
+    for dtype, level, loss_type in ((torch.float32, "token", "dapo"), (torch.bfloat16, "sequence", "sapo"),
+                                    (torch.float32, "sequence", "cispo")):
         h = rand(B, T, H, dtype=dtype).requires_grad_()
         w = (rand(V, H, dtype=dtype) * 0.1).requires_grad_()
         t = torch.randint(0, V, (B, T), generator=g).to(dev)
@@ -39,7 +40,7 @@ def main() -> None:
         mask[1, 3:] = 0
         old = -torch.rand(B, T, generator=g).to(dev) - 6.0
         loss, _ = ops.fused_policy_loss(h, w, t, mask, rand(B), old_logp=old, ref_logp=old, beta=0.04,
-                                        importance_sampling_level=level, chunk_size=4)
+                                        importance_sampling_level=level, loss_type=loss_type, chunk_size=4)
         loss.backward()
         logp = ops.fused_logprobs(h, w, t, chunk_size=7)
         logp.sum().backward()

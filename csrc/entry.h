@@ -233,13 +233,16 @@ struct OpEntries {
   static T6 fused_policy_loss(const at::Tensor& hidden, const at::Tensor& weight, const Opt& bias,
                               const at::Tensor& targets, const at::Tensor& mask, const at::Tensor& advantages,
                               const Opt& old_logp, const Opt& ref_logp, double beta, double eps_low,
-                              double eps_high, std::optional<double> delta, std::string_view loss_type,
+                              double eps_high, std::optional<double> delta, double sapo_temperature_pos,
+                              double sapo_temperature_neg, bool use_bias_correction_kl,
+                              std::string_view loss_type,
                               std::string_view importance_sampling_level, double temperature,
                               std::optional<int64_t> max_completion_length,
                               std::optional<double> num_items_in_batch, std::optional<int64_t> chunk_size,
                               bool grad_hidden, bool grad_weight, bool grad_bias) {
     return sgpo::fused_policy_loss(BE::lm_head(), hidden, weight, bias, targets, mask, advantages, old_logp,
-                                   ref_logp, beta, eps_low, eps_high, delta, parse_loss_type(loss_type),
+                                   ref_logp, beta, eps_low, eps_high, delta, sapo_temperature_pos,
+                                   sapo_temperature_neg, use_bias_correction_kl, parse_loss_type(loss_type),
                                    parse_is_level(importance_sampling_level), temperature, max_completion_length,
                                    num_items_in_batch, chunk_size, grad_hidden, grad_weight, grad_bias);
   }

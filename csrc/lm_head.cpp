@@ -240,9 +240,11 @@ at::Tensor aggregation_weights(const at::Tensor& maskf, LossType loss_type,
                                std::optional<double> num_items_in_batch) {
   const int64_t B = maskf.size(0), T = maskf.size(1);
   switch (loss_type) {
-    case LossType::Grpo: return maskf / (maskf.sum(1, true).clamp_min(1.0) * double(B));
+    case LossType::Grpo:
+    case LossType::Sapo: return maskf / (maskf.sum(1, true).clamp_min(1.0) * double(B));
     case LossType::Bnpo: return maskf / maskf.sum().clamp_min(1.0);
     case LossType::Dapo:
+    case LossType::Cispo:
       return num_items_in_batch ? maskf / *num_items_in_batch : maskf / maskf.sum().clamp_min(1.0);
     case LossType::DrGrpo: return maskf / double(B * max_completion_length.value_or(T));
   }
@@ -256,7 +258,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const std::optional<at::Tensor>& bias, const at::Tensor& targets, const at::Tensor& mask,
     const at::Tensor& advantages, const std::optional<at::Tensor>& old_logp,
     const std::optional<at::Tensor>& ref_logp, double beta, double eps_low, double eps_high,
-    std::optional<double> delta, LossType loss_type, ISLevel level, double temperature,
+    std::optional<double> delta, double sapo_temperature_pos, double sapo_temperature_neg,
+    bool use_bias_correction_kl, LossType loss_type,
+    ISLevel level, double temperature,
     std::optional<int64_t> max_completion_length, std::optional<double> num_items_in_batch,
     std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias) {
   // ---- checks -------------------------------------------------------------
@@ -286,6 +290,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   CHECK_NUMBER(eps_low, 0.0, INFINITY);
   CHECK_NUMBER(eps_high, 0.0, INFINITY);
   if (delta) CHECK_POSITIVE(*delta);
+  CHECK_POSITIVE(sapo_temperature_pos);
+  CHECK_POSITIVE(sapo_temperature_neg);
   CHECK_ARG(!max_completion_length || *max_completion_length > 0, max_completion_length, "expected > 0, got ",
             max_completion_length.value_or(0));
   if (num_items_in_batch) CHECK_POSITIVE(*num_items_in_batch);
@@ -303,7 +309,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const at::Tensor mask_r = rows_of(maskf), w_r = rows_of(w), adv_r = rows_of(adv);
   const at::Tensor old_r = old_logp.has_value() ? rows_of(*old_logp) : at::Tensor();
   const at::Tensor ref_r = ref_logp.has_value() ? rows_of(*ref_logp) : at::Tensor();
-  const ClipParams<double> clip{eps_low, eps_high, delta.value_or(0.0), delta.has_value()};
+  const SurrogateKind kind = loss_type == LossType::Cispo  ? SurrogateKind::Cispo
+                             : loss_type == LossType::Sapo ? SurrogateKind::Sapo
+                                                           : SurrogateKind::Clipped;
+  const SurrogateParams<double> clip{eps_low, eps_high,           delta.value_or(0.0),  delta.has_value(),
+                                     kind,    sapo_temperature_pos, sapo_temperature_neg, use_bias_correction_kl};
   const double inv_temp = 1.0 / temperature;
 
   // ---- sequence-level ratios: one extra forward pass when off-policy ------
@@ -312,16 +322,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor all_rows = at::arange(N, targets_r.options());
     const at::Tensor seq_of_r = active_rows(lm, all_rows).div(T, "floor");   // [N'] sequence index
     const at::Tensor lens = maskf.sum(1).clamp_min(1.0);                       // [B]
+    // the ratio-weighted KL couples a sequence's tokens through its ratio, on-policy too
+    const bool kl_coupled = use_bias_correction_kl && ref_r.defined() && beta != 0.0;
     at::Tensor log_ratio = at::zeros({B}, maskf.options());                    // on-policy: ratio = 1
-    if (old_r.defined()) {
-      const at::Tensor logp_r = active_logprobs(be, lm, targets_r, inv_temp, nullptr);
-      log_ratio.index_add_(0, seq_of_r, mask_r * (logp_r - old_r)).div_(lens);
-    }
+    at::Tensor logp_r;
+    if (old_r.defined() || kl_coupled) logp_r = active_logprobs(be, lm, targets_r, inv_temp, nullptr);
+    if (old_r.defined()) log_ratio.index_add_(0, seq_of_r, mask_r * (logp_r - old_r)).div_(lens);
     const at::Tensor ratio = at::exp(log_ratio);                                // [B]
     seq_ratio_r = ratio.index_select(0, seq_of_r);
     // d loss / d logp_t = (sum_t' w_t' d per_t' / d ratio) * ratio * mask_t / len
-    const at::Tensor per_seq = at::zeros({B}, maskf.options())
-                                   .index_add_(0, seq_of_r, be.surrogate_dratio(seq_ratio_r, adv_r, w_r, clip));
+    at::Tensor dratio_r = be.surrogate_dratio(seq_ratio_r, adv_r, w_r, clip);  // [N']
+    if (kl_coupled) {
+      const at::Tensor d = ref_r - logp_r;
+      dratio_r = dratio_r + w_r * beta * (at::exp(d) - d - 1.0);               // d(w beta k3 ratio) / d ratio
+    }
+    const at::Tensor per_seq = at::zeros({B}, maskf.options()).index_add_(0, seq_of_r, dratio_r);
     seq_grad_r = (per_seq * ratio / lens).index_select(0, seq_of_r) * mask_r;
   }
 

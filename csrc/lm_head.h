@@ -38,7 +38,7 @@ struct RowArgs {
   // optional old/ref log-probs; for sequence-level ratios, the sequence's
   // ratio broadcast to its rows and the sequence-coupled d loss / d logp.
   at::Tensor weight, adv, old_logp, ref_logp, seq_ratio, seq_grad, mask;
-  ClipParams<double> clip{0.2, 0.2, 0.0, false};
+  SurrogateParams<double> clip{0.2, 0.2, 0.0, false};
   double beta = 0.0;
   // PolicyLoss outputs: [n, 4] = (weighted loss, mask * k3 kl,
   // mask * clipped_low, mask * clipped_high).
@@ -49,9 +49,9 @@ struct RowArgs {
 // couple the tokens of a sequence (sequence-level importance sampling).
 struct LMHeadBackend {
   void (*rows)(const RowArgs&);
-  // weight * d(-min(l1, l2)) / d ratio at each token: [n] -> [n]
+  // weight * d surrogate / d ratio at each token: [n] -> [n]
   at::Tensor (*surrogate_dratio)(const at::Tensor& ratio, const at::Tensor& adv,
-                                 const at::Tensor& weight, const ClipParams<double>& clip);
+                                 const at::Tensor& weight, const SurrogateParams<double>& clip);
 };
 
 // hidden [B, T, H], weight [V, H], bias [V]?, targets [B, T] int64,
@@ -65,7 +65,8 @@ fused_policy_loss(const LMHeadBackend& be, const at::Tensor& hidden, const at::T
                   const at::Tensor& mask, const at::Tensor& advantages,
                   const std::optional<at::Tensor>& old_logp,
                   const std::optional<at::Tensor>& ref_logp, double beta, double eps_low,
-                  double eps_high, std::optional<double> delta, LossType loss_type,
+                  double eps_high, std::optional<double> delta, double sapo_temperature_pos,
+                  double sapo_temperature_neg, bool use_bias_correction_kl, LossType loss_type,
                   ISLevel importance_sampling_level, double temperature,
                   std::optional<int64_t> max_completion_length,
                   std::optional<double> num_items_in_batch, std::optional<int64_t> chunk_size,

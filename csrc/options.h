@@ -14,7 +14,9 @@
 
 namespace sgpo {
 
-enum class LossType : int { Grpo = 0, Bnpo = 1, Dapo = 2, DrGrpo = 3 };
+// cispo aggregates like dapo and sapo like grpo (as TRL does); both also
+// change the per-token surrogate (common/policy_loss.h).
+enum class LossType : int { Grpo = 0, Bnpo = 1, Dapo = 2, DrGrpo = 3, Cispo = 4, Sapo = 5 };
 enum class ISLevel : int { Token = 0, Sequence = 1 };
 
 template <typename E, size_t N>
@@ -42,7 +44,8 @@ inline Scale parse_scale(std::string_view v) {
 }
 inline LossType parse_loss_type(std::string_view v) {
   static constexpr std::pair<std::string_view, LossType> t[] = {
-      {"grpo", LossType::Grpo}, {"bnpo", LossType::Bnpo}, {"dapo", LossType::Dapo}, {"dr_grpo", LossType::DrGrpo}};
+      {"grpo", LossType::Grpo}, {"bnpo", LossType::Bnpo}, {"dapo", LossType::Dapo},
+      {"dr_grpo", LossType::DrGrpo}, {"cispo", LossType::Cispo},   {"sapo", LossType::Sapo}};
   return parse_option("loss_type", v, t);
 }
 inline ISLevel parse_is_level(std::string_view v) {

@@ -29,7 +29,8 @@ TORCH_LIBRARY(sgpo, m) {
   m.def(
       "fused_policy_loss(Tensor hidden, Tensor weight, Tensor? bias, Tensor targets, "
       "Tensor mask, Tensor advantages, Tensor? old_logp, Tensor? ref_logp, float beta, "
-      "float eps_low, float eps_high, float? delta, str loss_type, "
+      "float eps_low, float eps_high, float? delta, float sapo_temperature_pos, "
+      "float sapo_temperature_neg, bool use_bias_correction_kl, str loss_type, "
       "str importance_sampling_level, float temperature, int? max_completion_length, "
       "float? num_items_in_batch, int? chunk_size, bool grad_hidden, bool grad_weight, "
       "bool grad_bias) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");

@@ -175,18 +175,26 @@ def _optional_int(name, x):
 
 def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, old_logp=None,
                       ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, delta=None,
+                      sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, use_bias_correction_kl=False,
                       loss_type="dapo", importance_sampling_level="token", temperature=1.0,
                       max_completion_length=None, num_items_in_batch=None, chunk_size=None):
-    """Clipped-ratio policy loss fused with the LM head; never builds [B*T, V] logits.
+    """The policy loss of TRL's GRPOTrainer fused with the LM head; never builds [B*T, V] logits.
 
     hidden [B, T, H], weight [V, H], targets [B, T] int64, mask [B, T] (1 =
     completion token), advantages [B] or [B, T], old_logp / ref_logp [B, T].
+    loss_type: grpo, bnpo, dapo, dr_grpo (clipped ratio, four aggregations),
+    cispo (eps_high caps the detached ratio) or sapo (the sapo_temperature_*
+    gates); their per-token formulas are in docs/design.md section 3.
+    use_bias_correction_kl: the KL term is k3 * ratio (TRL's option of that
+    name, its default; unbiased reverse-KL gradient), else k3.
     Returns (loss, metrics) with metrics a dict of 0-d tensors:
-    clip_ratio_low, clip_ratio_high, and kl_mean when ref_logp is given.
+    clip_ratio_low, clip_ratio_high (for cispo: the share of tokens whose ratio
+    was capped), and kl_mean when ref_logp is given.
     Gradients flow to hidden, weight and bias.
     """
     args = (hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, float(beta), float(eps_low),
-            float(eps_high), None if delta is None else float(delta), loss_type, importance_sampling_level,
+            float(eps_high), None if delta is None else float(delta), float(sapo_temperature_pos),
+            float(sapo_temperature_neg), bool(use_bias_correction_kl), loss_type, importance_sampling_level,
             float(temperature), _optional_int("max_completion_length", max_completion_length),
             None if num_items_in_batch is None else float(num_items_in_batch),
             _optional_int("chunk_size", chunk_size))
@@ -200,13 +208,17 @@ def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, o
 
 
 def _policy_loss_fallback(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low,
-                          eps_high, delta, loss_type, level, temperature, max_completion_length,
+                          eps_high, delta, tau_pos, tau_neg, kl_times_ratio, loss_type, level, temperature,
+                          max_completion_length,
                           num_items_in_batch, chunk_size):
     check_choice("loss_type", loss_type, LOSS_TYPES)
     check_choice("importance_sampling_level", level, IS_LEVELS)
     for name, x in (("beta", beta), ("eps_low", eps_low), ("eps_high", eps_high)):
         if not (math.isfinite(x) and x >= 0):
             raise ValueError(f"{name}: expected a finite number >= 0, got {x}")
+    for name, x in (("sapo_temperature_pos", tau_pos), ("sapo_temperature_neg", tau_neg)):
+        if not (math.isfinite(x) and x > 0):
+            raise ValueError(f"{name}: expected a finite number > 0, got {x}")
     _lm_head_fallback_checks(hidden, weight, targets, temperature)
     B, T = targets.shape
     if tuple(advantages.shape) not in ((B,), (B, T)):
@@ -216,7 +228,7 @@ def _policy_loss_fallback(hidden, weight, bias, targets, mask, advantages, old_l
             raise ValueError(f"{name}: expected shape ({B}, {T}), got {tuple(t.shape)}")
     return reference.fused_policy_loss(hidden, weight, targets, mask, advantages, bias, old_logp, ref_logp, beta,
                                        eps_low, eps_high, delta, loss_type, level, temperature,
-                                       max_completion_length, num_items_in_batch)
+                                       max_completion_length, num_items_in_batch, tau_pos, tau_neg, kl_times_ratio)
 
 
 def _lm_head_fallback_checks(hidden, weight, targets, temperature):
@@ -232,7 +244,8 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("sgpo::fused_policy_loss")
     def _(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low, eps_high,
-          delta, loss_type, level, temperature, max_completion_length, num_items_in_batch, chunk_size,
+          delta, tau_pos, tau_neg, kl_times_ratio, loss_type, level, temperature, max_completion_length, num_items_in_batch,
+          chunk_size,
           grad_hidden, grad_weight, grad_bias):
         acc = _acc(hidden)
         return (hidden.new_empty((), dtype=acc), hidden.new_empty(3, dtype=acc),

@@ -14,7 +14,9 @@ CREDITS = ("sigmoid", "linear")                    # RTS -> partial reward
 SCALES = ("group", "batch", "none")                # advantage denominator: group std, batch std, 1
 
 # ---- fused_policy_loss
-LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo")   # how per-token losses aggregate
+# the aggregation of per-token losses; cispo (aggregated as dapo) and sapo (as
+# grpo) also have their own per-token surrogate, as in TRL
+LOSS_TYPES = ("grpo", "bnpo", "dapo", "dr_grpo", "cispo", "sapo")
 IS_LEVELS = ("token", "sequence")                  # importance ratio per token or per sequence (GSPO)
 
 # ---- trainer only (the ops never see these)

@@ -101,11 +101,11 @@ def fused_logprobs(hidden, weight, targets, bias=None, temperature=1.0, return_e
 def aggregation_weights(mask, loss_type, max_completion_length=None, num_items_in_batch=None):
     """Per-token weight w [B, T] such that loss = sum(w * per_token)."""
     B, T = mask.shape
-    if loss_type == "grpo":
+    if loss_type in ("grpo", "sapo"):
         return mask / (B * mask.sum(-1, keepdim=True).clamp(min=1.0))
     if loss_type == "bnpo":
         return mask / mask.sum().clamp(min=1.0)
-    if loss_type == "dapo":
+    if loss_type in ("dapo", "cispo"):
         n = mask.sum().clamp(min=1.0) if num_items_in_batch is None else num_items_in_batch
         return mask / n
     if loss_type == "dr_grpo":
@@ -117,9 +117,11 @@ def aggregation_weights(mask, loss_type, max_completion_length=None, num_items_i
 def policy_loss_from_logprobs(logp, targets_mask, advantages, old_logp=None, ref_logp=None,
                               beta=0.0, eps_low=0.2, eps_high=0.2, delta=None,
                               loss_type="dapo", importance_sampling_level="token",
-                              max_completion_length=None, num_items_in_batch=None):
-    """The clipped-ratio loss given per-token log-probs logp [B, T] (differentiable).
-    Returns (loss, metrics dict of 0-d tensors)."""
+                              max_completion_length=None, num_items_in_batch=None,
+                              sapo_temperature_pos=1.0, sapo_temperature_neg=1.05,
+                              use_bias_correction_kl=False):
+    """TRL GRPOTrainer's policy loss given per-token log-probs logp [B, T]
+    (differentiable). Returns (loss, metrics dict of 0-d tensors)."""
     mask = targets_mask.to(logp.dtype)
     old = logp.detach() if old_logp is None else old_logp.to(logp.dtype)
     adv = advantages.to(logp.dtype)
@@ -131,23 +133,36 @@ def policy_loss_from_logprobs(logp, targets_mask, advantages, old_logp=None, ref
         seq = (mask * (logp - old)).sum(-1) / mask.sum(-1).clamp(min=1.0)
         log_ratio = seq.unsqueeze(-1).expand_as(logp)
     ratio = torch.exp(log_ratio)
-    r1 = ratio if delta is None else torch.clamp(ratio, max=delta)
-    l1 = r1 * adv
-    l2 = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
-    per_token = -torch.min(l1, l2)
+    if loss_type == "cispo":  # REINFORCE weighted by the detached, capped ratio
+        per_token = -torch.clamp(ratio, max=eps_high).detach() * adv * logp
+    elif loss_type == "sapo":  # a sigmoid gate in place of the clip
+        tau = torch.where(adv > 0, adv.new_tensor(sapo_temperature_pos), adv.new_tensor(sapo_temperature_neg))
+        per_token = -torch.sigmoid(tau * (ratio - 1)) * 4 / tau * adv
+    else:
+        r1 = ratio if delta is None else torch.clamp(ratio, max=delta)
+        l1 = r1 * adv
+        l2 = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
+        per_token = -torch.min(l1, l2)
     n_mask = mask.sum().clamp(min=1.0)
     metrics = {}
     if ref_logp is not None:
         d = ref_logp.to(logp.dtype) - logp
         kl = torch.exp(d) - d - 1
+        if use_bias_correction_kl:  # the differentiable ratio reweights the KL (TRL's option)
+            kl = kl * ratio
         if beta != 0.0:
             per_token = per_token + beta * kl
         metrics["kl_mean"] = ((kl * mask).sum() / n_mask).detach()
     w = aggregation_weights(mask, loss_type, max_completion_length, num_items_in_batch)
     loss = (per_token * w).sum()
     with torch.no_grad():
-        low = ((ratio < 1 - eps_low) & (adv < 0)).to(logp.dtype)
-        high = ((ratio > 1 + eps_high) & (adv > 0)).to(logp.dtype)
+        if loss_type == "cispo":  # the tokens whose ratio was capped (TRL's cispo_clip_ratio)
+            low, high = torch.zeros_like(ratio), ((ratio > eps_high) & (adv > 0)).to(logp.dtype)
+        elif loss_type == "sapo":  # nothing is clipped
+            low = high = torch.zeros_like(ratio)
+        else:
+            low = ((ratio < 1 - eps_low) & (adv < 0)).to(logp.dtype)
+            high = ((ratio > 1 + eps_high) & (adv > 0)).to(logp.dtype)
         metrics["clip_ratio_low"] = (low * mask).sum() / n_mask
         metrics["clip_ratio_high"] = (high * mask).sum() / n_mask
     return loss, metrics
@@ -156,12 +171,14 @@ def policy_loss_from_logprobs(logp, targets_mask, advantages, old_logp=None, ref
 def fused_policy_loss(hidden, weight, targets, mask, advantages, bias=None, old_logp=None,
                       ref_logp=None, beta=0.0, eps_low=0.2, eps_high=0.2, delta=None,
                       loss_type="dapo", importance_sampling_level="token", temperature=1.0,
-                      max_completion_length=None, num_items_in_batch=None):
+                      max_completion_length=None, num_items_in_batch=None,
+                      sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, use_bias_correction_kl=False):
     """TRL-style eager loss: materializes [B, T, V] logits. Returns (loss, metrics)."""
     _, logp = logits_and_logprobs(hidden, weight, targets, bias, temperature)
     return policy_loss_from_logprobs(
         logp, mask, advantages, old_logp, ref_logp, beta, eps_low, eps_high, delta,
-        loss_type, importance_sampling_level, max_completion_length, num_items_in_batch)
+        loss_type, importance_sampling_level, max_completion_length, num_items_in_batch,
+        sapo_temperature_pos, sapo_temperature_neg, use_bias_correction_kl)
 
 
 # --------------------------------------------------------------------------

@@ -18,12 +18,16 @@ CONFIGS = {
     "off-bias-adv2d-temp": dict(shape=1, off=True, bias=True, adv_2d=True, ref=False,
                                 kw=dict(temperature=0.7), chunk=4),
     "off-delta-kl": dict(shape=2, off=True, bias=False, adv_2d=False, ref=True,
-                         kw=dict(delta=1.3, beta=0.1, eps_low=0.1, eps_high=0.28), chunk=1),
+                         kw=dict(delta=1.3, beta=0.1, eps_low=0.1, eps_high=0.28, use_bias_correction_kl=True),
+                         chunk=1),
     "on-kl-temp-mcl": dict(shape=0, off=False, bias=True, adv_2d=True, ref=True,
                            kw=dict(beta=0.04, temperature=1.6, max_completion_length=20, num_items_in_batch=11.0),
                            chunk=5),
     "off-refbeta0-nib": dict(shape=1, off=True, bias=False, adv_2d=False, ref=True,
                              kw=dict(beta=0.0, num_items_in_batch=7, max_completion_length=9), chunk=1000),
+    # on-policy the ratio is 1 but still carries a gradient into the KL term
+    "on-kl-bias-corrected": dict(shape=1, off=False, bias=False, adv_2d=True, ref=True,
+                                 kw=dict(beta=0.3, use_bias_correction_kl=True), chunk=3),
     "on-delta-below-1": dict(shape=2, off=False, bias=True, adv_2d=False, ref=False, kw=dict(delta=0.9), chunk=2),
 }
 
@@ -134,19 +138,62 @@ def test_fully_masked_batch(gen, loss_type, level, dtype):
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_aggregation_by_hand(gen, loss_type):
     """Loss aggregation checked against a hand-written formula (not the
-    reference): on-policy, token level, no KL, the per-token loss is -A."""
+    reference): on-policy, token level, no KL, the ratio is 1, so the
+    per-token loss is -A (clipped), -min(1, eps_high) A logp (cispo), or
+    -sigmoid(0) 4 / tau A = -2 A / tau (sapo)."""
     B, T = 3, 4
     inputs, _ = policy_case(gen, B, T, 5, 13, adv_2d=True, mask="ones")
     hidden, weight, _, targets, mask, adv = inputs
     mask = mask.clone()
     mask[2, 1:] = 0
     mask[0, 3] = 0
-    per = -adv * mask
-    want = {"grpo": (per.sum(1) / mask.sum(1)).mean(), "bnpo": per.sum() / mask.sum(), "dapo": per.sum() / 5.0,
-            "dr_grpo": per.sum() / (B * 11)}[loss_type]
+    eps_high, tau_pos, tau_neg = 0.7, 0.9, 1.3
+    if loss_type == "cispo":
+        per = -eps_high * adv * reference.fused_logprobs(hidden, weight, targets) * mask
+    elif loss_type == "sapo":
+        per = -2 * adv / torch.where(adv > 0, torch.tensor(tau_pos, dtype=F64), torch.tensor(tau_neg, dtype=F64)) * mask
+    else:
+        per = -adv * mask
+    mean_per_sequence, over_5 = (per.sum(1) / mask.sum(1)).mean(), per.sum() / 5.0
+    want = {"grpo": mean_per_sequence, "bnpo": per.sum() / mask.sum(), "dapo": over_5,
+            "dr_grpo": per.sum() / (B * 11), "cispo": over_5, "sapo": mean_per_sequence}[loss_type]
     loss, _ = ops.fused_policy_loss(hidden, weight, targets, mask, adv, loss_type=loss_type, num_items_in_batch=5,
-                                    max_completion_length=11)
+                                    max_completion_length=11, eps_high=eps_high, sapo_temperature_pos=tau_pos,
+                                    sapo_temperature_neg=tau_neg)
     torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_cispo_and_sapo_gradients_by_hand(gen, level):
+    """d loss / d logp written out (not through the reference): cispo's ratio
+    is detached, so d/dlogp = -w min(r, eps_high) A at every level; sapo's
+    d/dratio = -4 s (1 - s) A with s = sigmoid(tau (r - 1)), through the token
+    or the sequence ratio. Checked through grad_hidden = sum_t dlogp_t *
+    d logp_t / d hidden (the LM head's own derivative, from autograd)."""
+    B, T = 3, 5
+    inputs, kw = policy_case(gen, B, T, 6, 17, off_policy=True, noise=0.8, mask="ones")
+    hidden, weight, _, targets, mask, adv = inputs
+    h = hidden.clone().requires_grad_(True)
+    logp = reference.fused_logprobs(h, weight, targets)                 # [B, T], differentiable
+    old, A = kw["old_logp"], adv[:, None]
+    lp = logp.detach()
+    log_r = lp - old if level == "token" else ((lp - old).mean(1, keepdim=True)).expand(B, T)
+    r = log_r.exp()
+    w = 1.0 / (B * T)  # full mask: sapo's (grpo) and cispo's (dapo) aggregation weight alike
+    for loss_type in ("cispo", "sapo"):
+        if loss_type == "cispo":
+            dlogp = -w * torch.clamp(r, max=1.3) * A
+        else:
+            tau = torch.where(A > 0, torch.tensor(1.0, dtype=F64), torch.tensor(1.05, dtype=F64))
+            s = torch.sigmoid(tau * (r - 1))
+            d_ratio = -w * 4 * s * (1 - s) * A                          # [B, T]
+            dlogp = d_ratio * r if level == "token" else (d_ratio * r).sum(1, keepdim=True).expand(B, T) / T
+        want = torch.autograd.grad(logp, h, dlogp, retain_graph=True)[0]
+        hh = hidden.clone().requires_grad_(True)
+        loss, _ = ops.fused_policy_loss(hh, weight, targets, mask, adv, old_logp=old, eps_high=1.3,
+                                        loss_type=loss_type, importance_sampling_level=level)
+        loss.backward()
+        torch.testing.assert_close(hh.grad, want, rtol=1e-9, atol=1e-12, msg=loss_type)
 
 
 def test_grads_only_where_asked(gen):

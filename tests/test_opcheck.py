@@ -34,14 +34,15 @@ def _sample_samples(g):
 
 
 def _policy_loss_samples(g):
-    for dtype, bias, level, grads in ((F64, True, "token", (True, True, True)),
-                                      (torch.float32, False, "sequence", (True, False, False))):
+    for dtype, bias, level, grads, loss_type in ((F64, True, "token", (True, True, True), "dapo"),
+                                                 (torch.float32, False, "sequence", (True, False, False), "sapo"),
+                                                 (F64, False, "token", (True, True, False), "cispo")):
         (h, w, b, t, m, a), kw = policy_case(g, 2, 3, 4, 7, dtype=dtype, bias=bias, off_policy=True, ref=True)
         h = h.requires_grad_(grads[0])
         w = w.requires_grad_(grads[1])
         if b is not None:
             b = b.requires_grad_(grads[2])
-        yield (h, w, b, t, m, a, kw["old_logp"], kw["ref_logp"], 0.1, 0.2, 0.28, 1.5, "dapo", level, 0.9, None,
+        yield (h, w, b, t, m, a, kw["old_logp"], kw["ref_logp"], 0.1, 0.2, 0.28, 1.5, 0.9, 1.2, loss_type != "dapo", loss_type, level, 0.9, None,
                None, 2, grads[0], grads[1], grads[2] and bias)
     for dtype in (F64,):
         (h, w, b, t, m, a), _ = policy_case(g, 2, 3, 4, 7, dtype=dtype, adv_2d=True)
@@ -49,7 +50,7 @@ def _policy_loss_samples(g):
         # (lm_head.h; ops.fused_policy_loss drops it), and opcheck's AOT
         # comparison uses assert_close without equal_nan: NaN != NaN. So this
         # sample skips that one check; test_raw_policy_loss_kl_slot_nan pins the NaN.
-        yield (h, w, None, t, m, a, None, None, 0.0, 0.2, 0.2, None, "dr_grpo", "token", 1.0, 5, 3.0, None,
+        yield (h, w, None, t, m, a, None, None, 0.0, 0.2, 0.2, None, 1.0, 1.05, False, "dr_grpo", "token", 1.0, 5, 3.0, None,
                False, False, False), ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
@@ -100,7 +101,7 @@ def test_raw_policy_loss_kl_slot_nan(gen):
     """The raw op returns metrics [3] = (clip_low, clip_high, kl_mean), with
     kl_mean NaN when there is no ref_logp; the public wrapper omits it."""
     (h, w, b, t, m, a), _ = policy_case(gen, 2, 3, 4, 7)
-    out = torch.ops.sgpo.fused_policy_loss(h, w, None, t, m, a, None, None, 0.0, 0.2, 0.2, None, "dapo", "token",
+    out = torch.ops.sgpo.fused_policy_loss(h, w, None, t, m, a, None, None, 0.0, 0.2, 0.2, None, 1.0, 1.05, False, "dapo", "token",
                                            1.0, None, None, None, False, False, False)
     assert out[1].shape == (3,) and torch.isnan(out[1][2]) and not torch.isnan(out[1][:2]).any()
     assert "kl_mean" not in ops.fused_policy_loss(h, w, t, m, a)[1]

@@ -30,7 +30,7 @@ def _policy_loss(**kw):
     targets = torch.randint(0, V, (B, T), generator=g)
     old = torch.full((B, T), -1.5, dtype=F64)
     return torch.ops.sgpo.fused_policy_loss(hidden, weight, None, targets, torch.ones(B, T, dtype=F64),
-                                            torch.randn(B, generator=g, dtype=F64), old, None, 0.0, 0.2, 0.2, None,
+                                            torch.randn(B, generator=g, dtype=F64), old, None, 0.0, 0.2, 0.2, None, 1.0, 1.05, False,
                                             args["loss_type"], args["importance_sampling_level"], 1.0, None, None,
                                             None, False, False, False)
 

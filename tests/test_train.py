@@ -424,7 +424,7 @@ def test_prefix_credit_needs_a_tokenizer(tmp_path):
 # --------------------------------------------------------------------------
 # 3. gradient accumulation is exact
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo"])
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo"])
 def test_gradient_accumulation_is_exact(tmp_path, loss_type):
     results = []
     for micro in (64, 3, 1):

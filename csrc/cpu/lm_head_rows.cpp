@@ -88,7 +88,7 @@ void rows_typed(const RowArgs& a) {
             *ref_logp = ptr_or_null<acc>(a.ref_logp), *seq_ratio = ptr_or_null<acc>(a.seq_ratio),
             *seq_grad = ptr_or_null<acc>(a.seq_grad), *mask = ptr_or_null<acc>(a.mask);
   acc* stats = a.token_stats.defined() ? a.token_stats.data_ptr<acc>() : nullptr;
-  const ClipParams<acc> clip{acc(a.clip.eps_low), acc(a.clip.eps_high), acc(a.clip.delta), a.clip.has_delta};
+  const SurrogateParams<acc> clip = a.clip.cast<acc>();
   const acc inv_temp = acc(a.inv_temp), beta = acc(a.beta);
 
   at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
@@ -127,15 +127,14 @@ void rows(const RowArgs& a) {
 }
 
 at::Tensor surrogate_dratio(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
-                            const ClipParams<double>& clip) {
+                            const SurrogateParams<double>& clip) {
   at::Tensor out = at::empty_like(ratio);
   AT_DISPATCH_FLOATING_TYPES(ratio.scalar_type(), "sgpo_surrogate_dratio", [&] {
-    const ClipParams<scalar_t> c{scalar_t(clip.eps_low), scalar_t(clip.eps_high), scalar_t(clip.delta),
-                                 clip.has_delta};
+    const SurrogateParams<scalar_t> c = clip.cast<scalar_t>();
     const scalar_t *r = ratio.data_ptr<scalar_t>(), *a = adv.data_ptr<scalar_t>(),
                    *w = weight.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < ratio.numel(); ++i) o[i] = w[i] * clipped_surrogate(r[i], a[i], c).dloss_dratio;
+    for (int64_t i = 0; i < ratio.numel(); ++i) o[i] = w[i] * surrogate(scalar_t(0), r[i], a[i], c).dloss_dratio;
   });
   return out;
 }

@@ -30,12 +30,6 @@ namespace {
 using cuda::kWarp;
 constexpr int kMaxThreads = 512;  // <= 128 registers per thread at full occupancy
 
-template <typename T>
-ClipParams<T> cast_clip(const ClipParams<double>& c) {
-  return ClipParams<T>{static_cast<T>(c.eps_low), static_cast<T>(c.eps_high), static_cast<T>(c.delta),
-                       c.has_delta};
-}
-
 // RowArgs as raw device pointers; nullptr = not given.
 template <typename acc>
 struct RowParams {
@@ -54,7 +48,7 @@ struct RowParams {
   const acc* ref_logp;     // [n]?
   const acc* seq_ratio;    // [n]?
   const acc* seq_grad;     // [n]?
-  ClipParams<acc> clip;
+  SurrogateParams<acc> clip;
   acc beta;
   acc* token_stats;        // [n, 4], PolicyLoss
 };
@@ -172,7 +166,7 @@ void rows_cuda(const RowArgs& a) {
       p.seq_ratio = row_ptr<acc>(a.seq_ratio, "seq_ratio", n, logits);
       p.seq_grad = row_ptr<acc>(a.seq_grad, "seq_grad", n, logits);
       p.token_stats = required_row_ptr<acc>(a.token_stats, "token_stats", n, logits, 4);
-      p.clip = cast_clip<acc>(a.clip);
+      p.clip = a.clip.cast<acc>();
       p.beta = static_cast<acc>(a.beta);
     }
     const int threads = cuda::row_threads(vocab, 16 / sizeof(scalar_t), kMaxThreads);
@@ -184,17 +178,17 @@ void rows_cuda(const RowArgs& a) {
 
 // ratio, adv, weight, out: [n]
 template <typename T>
-__global__ void surrogate_dratio_kernel(const T* ratio, const T* adv, const T* weight, const ClipParams<T> clip,
+__global__ void surrogate_dratio_kernel(const T* ratio, const T* adv, const T* weight, const SurrogateParams<T> clip,
                                         T* out, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = weight[i] * clipped_surrogate(ratio[i], adv[i], clip).dloss_dratio;
+    out[i] = weight[i] * surrogate(T(0), ratio[i], adv[i], clip).dloss_dratio;
   }
 }
 
-// ratio, adv, weight: [n] of one float dtype -> [n] weight * d(-min(l1, l2)) / d ratio.
+// ratio, adv, weight: [n] of one float dtype -> [n] weight * d surrogate / d ratio.
 at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
-                                 const ClipParams<double>& clip) {
+                                 const SurrogateParams<double>& clip) {
   TORCH_CHECK(ratio.is_cuda(), "surrogate_dratio: ratio: expected a CUDA tensor");
   for (const auto& [t, name] : {std::pair{&adv, "adv"}, std::pair{&weight, "weight"}}) {
     TORCH_CHECK(t->sizes() == ratio.sizes(), "surrogate_dratio: ", name, ": expected shape ", ratio.sizes(),
@@ -212,7 +206,7 @@ at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv,
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 4096);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "sgpo_surrogate_dratio", [&] {
     surrogate_dratio_kernel<scalar_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        r.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), cast_clip<scalar_t>(clip),
+        r.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), clip.cast<scalar_t>(),
         out.data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -75,11 +75,13 @@ class TrainConfig:
     credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only)
 
     # ---- [loss]
-    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo
+    loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo | cispo | sapo (TRL's formulas)
     importance_sampling_level: str = "token"  # token | sequence (GSPO)
     eps_low: float = 0.2                 # ratio clip: [1 - eps_low, 1 + eps_high]
-    eps_high: float = 0.2
+    eps_high: float = 0.2                # cispo: the cap on its detached ratio (epsilon_max, e.g. 5)
     delta: Optional[float] = None        # cap on the unclipped ratio (two-sided GRPO; none: off)
+    sapo_temperature_pos: float = 1.0    # sapo's gate temperature for positive advantages
+    sapo_temperature_neg: float = 1.05   # and for the others
     beta: float = 0.0                    # k3 KL to the frozen initial policy
     mu: int = 1                          # optimization epochs per rollout
     micro_batch_size: int = 64           # sequences per forward/backward
@@ -129,6 +131,9 @@ class TrainConfig:
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}': expected >= 0, got {getattr(self, name)}")
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"config field '{name}': expected > 0, got {getattr(self, name)}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"config field 'top_p': expected in (0, 1], got {self.top_p}")
         if self.temperature == 0:

@@ -302,8 +302,8 @@ class SGPOTrainer:
         # Each micro-batch contributes its exact share of the global loss: token-
         # normalized losses divide by the global token count, sequence-normalized
         # ones scale by their share of sequences. x world undoes DDP's averaging.
-        token_norm = cfg.loss_type in ("dapo", "bnpo")
-        loss_type = "dapo" if token_norm else cfg.loss_type
+        token_norm = cfg.loss_type in ("dapo", "bnpo", "cispo")
+        loss_type = "dapo" if cfg.loss_type in ("dapo", "bnpo") else cfg.loss_type
         for epoch in range(cfg.mu):
             gen = torch.Generator().manual_seed(int(mix_seeds(mix_seeds(cfg.seed, self.step), 1000 + epoch)) & _POS)
             order = torch.randperm(n, generator=gen).to(self.device)
@@ -320,7 +320,9 @@ class SGPOTrainer:
                         hidden, self.policy.lm_head_weight, batch["targets"][rows], batch["mask"][rows],
                         batch["advantages"][rows], old_logp=batch["old_logp"][rows],
                         ref_logp=None if ref_logp is None else ref_logp[rows], beta=cfg.beta,
-                        eps_low=cfg.eps_low, eps_high=cfg.eps_high, delta=cfg.delta, loss_type=loss_type,
+                        eps_low=cfg.eps_low, eps_high=cfg.eps_high, delta=cfg.delta,
+                        sapo_temperature_pos=cfg.sapo_temperature_pos,
+                        sapo_temperature_neg=cfg.sapo_temperature_neg, loss_type=loss_type,
                         importance_sampling_level=cfg.importance_sampling_level, temperature=cfg.temperature,
                         max_completion_length=cfg.max_new_tokens,
                         num_items_in_batch=tok_global if token_norm else None)

@@ -66,7 +66,7 @@ sgpo::OnlineLSE<T> fold(const std::vector<double>& x, size_t begin, size_t end) 
   return st;
 }
 
-double surrogate_loss(double r, double a, const sgpo::ClipParams<double>& p) {
+double surrogate_loss(double r, double a, const sgpo::SurrogateParams<double>& p) {
   const double r1 = p.has_delta ? std::fmin(r, p.delta) : r;
   const double r2 = std::fmin(std::fmax(r, 1 - p.eps_low), 1 + p.eps_high);
   return -std::fmin(r1 * a, r2 * a);
@@ -170,7 +170,7 @@ void test_online_softmax_weights(double tol) {
 }
 
 void test_clipped_surrogate() {
-  const sgpo::ClipParams<double> params[] = {{0.2, 0.2, 0.0, false}, {0.2, 0.28, 0.0, false},
+  const sgpo::SurrogateParams<double> params[] = {{0.2, 0.2, 0.0, false}, {0.2, 0.28, 0.0, false},
                                              {0.1, 0.3, 1.5, true}, {0.2, 0.2, 3.0, true}};
   const double h = 1e-6;
   for (const auto& p : params) {
@@ -190,19 +190,52 @@ void test_clipped_surrogate() {
   }
   // Subgradients as torch autograd takes them: clamp passes the gradient at
   // its bounds and min() splits it evenly between equal arguments.
-  const sgpo::ClipParams<double> p{0.2, 0.2, 0.0, false};
+  const sgpo::SurrogateParams<double> p{0.2, 0.2, 0.0, false};
   CHECK_CLOSE(sgpo::clipped_surrogate(1.2, 2.0, p).dloss_dratio, -2.0, 1e-15);
   CHECK_CLOSE(sgpo::clipped_surrogate(0.8, -2.0, p).dloss_dratio, 2.0, 1e-15);
   CHECK(!sgpo::clipped_surrogate(1.2, 2.0, p).clip_high);  // clip counts are strict at the bounds
   CHECK(!sgpo::clipped_surrogate(0.8, -2.0, p).clip_low);
   CHECK_CLOSE(sgpo::clipped_surrogate(1.5, 2.0, p).dloss_dratio, 0.0, 1e-15);   // clipped high
   CHECK_CLOSE(sgpo::clipped_surrogate(1.5, -2.0, p).dloss_dratio, 2.0, 1e-15);  // unclipped l1 wins
-  const sgpo::ClipParams<double> pd{0.2, 0.2, 1.5, true};
+  const sgpo::SurrogateParams<double> pd{0.2, 0.2, 1.5, true};
   CHECK_CLOSE(sgpo::clipped_surrogate(2.0, -2.0, pd).loss, 3.0, 1e-15);  // -(delta * A)
   CHECK_CLOSE(sgpo::clipped_surrogate(2.0, -2.0, pd).dloss_dratio, 0.0, 1e-15);
   // A = 0: no loss, no gradient, no clipping counted.
   const sgpo::Surrogate<double> z = sgpo::clipped_surrogate(3.0, 0.0, p);
   CHECK(z.loss == 0 && z.dloss_dratio == 0 && !z.clip_low && !z.clip_high);
+}
+
+// cispo and sapo against their formulas written out, and sapo's derivative
+// by finite difference; cispo's ratio is detached, so its gradient is direct.
+void test_cispo_and_sapo() {
+  const double h = 1e-6;
+  sgpo::SurrogateParams<double> cispo{0.2, 1.5, 0.0, false};
+  cispo.kind = sgpo::SurrogateKind::Cispo;
+  sgpo::SurrogateParams<double> sapo{0.2, 0.2, 0.0, false};
+  sapo.kind = sgpo::SurrogateKind::Sapo;
+  sapo.tau_pos = 0.8;
+  sapo.tau_neg = 1.3;
+  const auto sapo_loss = [&](double r, double a) {
+    const double tau = a > 0 ? sapo.tau_pos : sapo.tau_neg;
+    return -1.0 / (1.0 + std::exp(-tau * (r - 1))) * 4 / tau * a;
+  };
+  for (int i = 0; i < 400; ++i) {
+    const double r = uniform(0.0, 4.0), adv = uniform(-3.0, 3.0), logp = uniform(-8.0, 0.0);
+    const sgpo::Surrogate<double> c = sgpo::surrogate(logp, r, adv, cispo);
+    CHECK_CLOSE(c.loss, -std::fmin(r, 1.5) * adv * logp, 1e-14);
+    CHECK_CLOSE(c.dloss_dlogp, -std::fmin(r, 1.5) * adv, 1e-15);
+    CHECK(c.dloss_dratio == 0.0 && !c.clip_low);
+    CHECK(c.clip_high == (r > 1.5 && adv > 0));
+    const sgpo::Surrogate<double> s = sgpo::surrogate(logp, r, adv, sapo);
+    CHECK_CLOSE(s.loss, sapo_loss(r, adv), 1e-14);
+    CHECK_CLOSE(s.dloss_dratio, (sapo_loss(r + h, adv) - sapo_loss(r - h, adv)) / (2 * h), 1e-7);
+    CHECK(s.dloss_dlogp == 0.0 && !s.clip_low && !s.clip_high);
+  }
+  // at ratio 1 sapo's slope is that of the unclipped surrogate, -A
+  CHECK_CLOSE(sgpo::surrogate(-1.0, 1.0, 2.0, sapo).dloss_dratio, -2.0, 1e-15);
+  // the dispatcher's default kind is the clipped surrogate
+  const sgpo::SurrogateParams<double> plain{0.2, 0.2, 0.0, false};
+  CHECK(sgpo::surrogate(-1.0, 1.7, 2.0, plain).loss == sgpo::clipped_surrogate(1.7, 2.0, plain).loss);
 }
 
 void test_k3_and_token_terms() {
@@ -218,13 +251,15 @@ void test_k3_and_token_terms() {
   CHECK(sgpo::k3_kl(-1.25, -1.25) == 0.0);
   CHECK(sgpo::k3_kl_dlogp(-1.25, -1.25) == 0.0);
 
-  // Token level, ratio = exp(logp - old): d loss / d logp by finite difference.
-  const sgpo::ClipParams<double> p{0.2, 0.28, 2.0, true};
+  // Token level, ratio = exp(logp - old): d loss / d logp by finite difference,
+  // with the KL term k3 and k3 * ratio (kl_times_ratio) alike.
+  sgpo::SurrogateParams<double> p{0.2, 0.28, 2.0, true};
   const auto loss_at = [&](double logp, double old, double adv, double w, bool has_ref, double ref, double beta) {
     const double ratio = std::exp(logp - old);
     return sgpo::policy_token_terms(logp, ratio, ratio, adv, w, has_ref, ref, beta, p).loss;
   };
-  for (int i = 0; i < 400; ++i) {
+  for (int i = 0; i < 800; ++i) {
+    p.kl_times_ratio = i >= 400;
     const double logp = uniform(-6.0, -0.1), old = logp + uniform(-1.0, 1.0);
     const double adv = uniform(-2.0, 2.0), w = uniform(0.0, 1.0), ref = uniform(-6.0, -0.1);
     const bool has_ref = i % 2 == 0;
@@ -232,13 +267,15 @@ void test_k3_and_token_terms() {
     const double ratio = std::exp(logp - old);
     if (std::fabs(ratio - 0.8) < 1e-4 || std::fabs(ratio - 1.28) < 1e-4 || std::fabs(ratio - 2.0) < 1e-4) continue;
     const sgpo::TokenTerms<double> t = sgpo::policy_token_terms(logp, ratio, ratio, adv, w, has_ref, ref, beta, p);
-    const double want_loss = w * (surrogate_loss(ratio, adv, p) + (has_ref ? beta * sgpo::k3_kl(ref, logp) : 0.0));
+    const double kl = has_ref ? sgpo::k3_kl(ref, logp) * (p.kl_times_ratio ? ratio : 1.0) : 0.0;
+    const double want_loss = w * (surrogate_loss(ratio, adv, p) + beta * kl);
     CHECK_CLOSE(t.loss, want_loss, 1e-14);
-    CHECK(t.kl == (has_ref ? sgpo::k3_kl(ref, logp) : 0.0));
+    CHECK_CLOSE(t.kl, kl, 1e-15);
     const double fd = (loss_at(logp + h, old, adv, w, has_ref, ref, beta) -
                        loss_at(logp - h, old, adv, w, has_ref, ref, beta)) / (2 * h);
     CHECK_CLOSE(t.dloss_dlogp, fd, 1e-6);
   }
+  p.kl_times_ratio = false;
   // Sequence level passes dratio_dlogp = 0: only the KL term depends on this token.
   const sgpo::TokenTerms<double> s = sgpo::policy_token_terms(-1.0, 1.1, 0.0, 1.0, 0.5, true, -1.5, 0.1, p);
   CHECK_CLOSE(s.dloss_dlogp, 0.5 * 0.1 * sgpo::k3_kl_dlogp(-1.5, -1.0), 1e-15);
@@ -342,6 +379,7 @@ int main() {
   test_online_softmax_weights<double>(1e-12);
   test_online_softmax_weights<float>(2e-5);
   test_clipped_surrogate();
+  test_cispo_and_sapo();
   test_k3_and_token_terms();
   test_credit();
   test_group_moments<double>(1e-12);
