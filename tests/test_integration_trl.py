@@ -1,6 +1,7 @@
-"""sgpo_engine.integrations.trl.SGPOReward: its rewards against the SGPO rule
+"""sgpo_engine.integrations.trl: SGPOReward's rewards against the SGPO rule
 computed by hand, across processes (two real gloo processes), with judge
-failures, and inside a real trl.GRPOTrainer run."""
+failures, and inside real trl.GRPOTrainer runs; SGPOGRPOTrainer's fused loss
+and gradients against GRPOTrainer's own, loss type by loss type; the example."""
 from __future__ import annotations
 
 import math
@@ -147,8 +148,11 @@ def test_groups_spanning_two_processes_are_judged_whole_once():
 
 
 # ---------------------------------------------------------------- a real GRPOTrainer run
-def test_two_grpo_steps_with_trl(tmp_path):
+@pytest.mark.parametrize("trainer_class", ["GRPOTrainer", "SGPOGRPOTrainer"])
+def test_two_grpo_steps_with_trl(tmp_path, trainer_class):
     trl = pytest.importorskip("trl")
+    from sgpo_engine.integrations import trl as integration
+    cls = getattr(trl, trainer_class, None) or getattr(integration, trainer_class)
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -161,10 +165,124 @@ def test_two_grpo_steps_with_trl(tmp_path):
         learning_rate=1e-4, max_steps=2, beta=0.0, loss_type="dapo", scale_rewards="group", use_cpu=True,
         bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
         dataloader_num_workers=0)
-    trainer = trl.GRPOTrainer(model=model, reward_funcs=[_reward()], args=config, train_dataset=Dataset.from_list(rows),
-                              processing_class=AutoTokenizer.from_pretrained(path))
+    trainer = cls(model=model, reward_funcs=[_reward()], args=config, train_dataset=Dataset.from_list(rows),
+                  processing_class=AutoTokenizer.from_pretrained(path))
+    assert not getattr(trainer, "_fused_unsupported", [])  # SGPOGRPOTrainer runs the fused loss
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
     assert any("sgpo/judged" in h for h in trainer.state.log_history)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+# ---------------------------------------------------------------- SGPOGRPOTrainer: the fused loss inside TRL
+def _grpo_trainer(cls, tmp_path, **cfg):
+    """A GRPOTrainer (or subclass) on the built-in task's HF model, its own copy."""
+    trl = pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tasks.warm_start_path(train_if_missing=False, log=None)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rows = [{"prompt": e.prompt, "answer": e.answer} for e in tasks.ArithSource(8, 10, 0).batch(0, 4)]
+    config = trl.GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4,
+                            max_completion_length=9, learning_rate=1e-4, use_cpu=True, bf16=False, report_to="none",
+                            save_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0, **cfg)
+    trainer = cls(model=model, reward_funcs=[lambda completions, **kw: [0.0] * len(completions)], args=config,
+                  train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(path))
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 2  # the loss scaling of one of two micro-batches
+    return trainer
+
+
+def _loss_batch(trainer, seed, *, adv_2d=False, off_policy=True, with_ref=True):
+    """A GRPOTrainer micro-batch: 4 left-padded prompts, right-padded
+    completions of up to 7 tokens, advantages, the sampler's log-probs off by
+    noise (so ratios leave the clip range) and reference log-probs."""
+    g = torch.Generator().manual_seed(seed)
+    V = trainer.model.config.vocab_size
+    B, P, T = 4, 6, 7
+    prompt_mask = torch.ones(B, P, dtype=torch.long)
+    prompt_mask[1, :2] = 0
+    prompt_mask[3, :1] = 0
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[0, 5:] = 0
+    mask[2, 1:] = 0
+    batch = {"prompt_ids": torch.randint(0, V, (B, P), generator=g), "prompt_mask": prompt_mask,
+             "completion_ids": torch.randint(0, V, (B, T), generator=g), "completion_mask": mask,
+             "advantages": torch.randn(*((B, T) if adv_2d else (B,)), generator=g),
+             "num_items_in_batch": mask.sum() * 2}
+    with torch.no_grad():
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        logits = trainer.model(input_ids=ids, attention_mask=torch.cat([prompt_mask, mask], 1)).logits
+        logp = torch.log_softmax(logits[:, -T - 1:-1] / trainer.temperature, -1)
+        logp = logp.gather(-1, batch["completion_ids"][..., None])[..., 0]
+    if off_policy:
+        batch["old_per_token_logps"] = logp + 0.4 * torch.randn(B, T, generator=g)
+    if with_ref:
+        batch["ref_per_token_logps"] = logp + 0.3 * torch.randn(B, T, generator=g)
+    return batch
+
+
+def _loss_and_grads(trainer, batch):
+    trainer.model.zero_grad(set_to_none=True)
+    loss = trainer._compute_loss(trainer.model, batch)
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in trainer.model.named_parameters() if p.grad is not None}
+
+
+LOSS_CASES = [  # (loss_type, level, extra GRPOConfig, batch options)
+    *[(lt, lvl, {}, {}) for lt in ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo") for lvl in ("token", "sequence")],
+    ("dapo", "token", dict(epsilon_high=0.28, delta=1.4), dict(adv_2d=True)),          # clip-higher, two-sided
+    ("grpo", "token", dict(beta=0.0), dict(off_policy=False, with_ref=False)),        # on-policy, no reference
+    ("cispo", "token", dict(epsilon_high=1.1), dict(adv_2d=True)),                      # a cap that binds
+    ("sapo", "sequence", dict(sapo_temperature_pos=0.7, sapo_temperature_neg=1.6), {}),
+]
+
+
+@pytest.mark.parametrize("loss_type,level,extra,opts", LOSS_CASES,
+                         ids=[f"{c[0]}-{c[1]}-{i}" for i, c in enumerate(LOSS_CASES)])
+def test_fused_loss_equals_trl_loss(tmp_path, loss_type, level, extra, opts):
+    """SGPOGRPOTrainer's loss and gradients equal GRPOTrainer's own on the same
+    micro-batch (fp32), for every loss type the op has, at both importance
+    sampling levels, with beta against reference log-probs."""
+    trl = pytest.importorskip("trl")
+    from sgpo_engine.integrations.trl import SGPOGRPOTrainer
+    cfg = dict(dict(loss_type=loss_type, importance_sampling_level=level, beta=0.05), **extra)
+    theirs = _grpo_trainer(trl.GRPOTrainer, tmp_path / "trl", **cfg)
+    ours = _grpo_trainer(SGPOGRPOTrainer, tmp_path / "sgpo", **cfg)
+    assert not ours._fused_unsupported
+    batch = _loss_batch(theirs, seed=len(loss_type) + len(level), **opts)
+    loss_t, grads_t = _loss_and_grads(theirs, batch)
+    loss_o, grads_o = _loss_and_grads(ours, batch)
+    torch.testing.assert_close(loss_o, loss_t, rtol=1e-5, atol=1e-7)
+    assert grads_o.keys() == grads_t.keys()
+    for k in grads_t:
+        torch.testing.assert_close(grads_o[k], grads_t[k], rtol=1e-4, atol=1e-6, msg=k)
+    assert float(loss_t) != 0.0
+    mt, mo = theirs._metrics["train"], ours._metrics["train"]
+    for key in ("policy_loss", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "cispo_clip_ratio"):
+        if key in mt and level == "token":  # at sequence level TRL averages clip flags per sequence, the op per token
+            assert mo[key] == pytest.approx(mt[key], rel=1e-5, abs=1e-7), key
+
+
+def test_unsupported_features_fall_back_to_trl_loss(tmp_path):
+    trl = pytest.importorskip("trl")
+    from sgpo_engine.integrations.trl import SGPOGRPOTrainer
+    with pytest.warns(UserWarning, match="top_entropy_quantile"):
+        ours = _grpo_trainer(SGPOGRPOTrainer, tmp_path / "sgpo", top_entropy_quantile=0.5, beta=0.0)
+    theirs = _grpo_trainer(trl.GRPOTrainer, tmp_path / "trl", top_entropy_quantile=0.5, beta=0.0)
+    batch = _loss_batch(theirs, seed=3, with_ref=False)
+    torch.testing.assert_close(_loss_and_grads(ours, batch)[0], _loss_and_grads(theirs, batch)[0])
+
+
+def test_example_runs_as_the_readme_shows(tmp_path):
+    pytest.importorskip("trl")
+    import subprocess
+    import sys
+    from train_helpers import ROOT, subprocess_env
+    out = subprocess.run([sys.executable, "examples/trl_sgpo.py", "--max-steps", "2", "--output", str(tmp_path)],
+                         cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    steps = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in steps] == ["step 1", "step 2"], out.stdout

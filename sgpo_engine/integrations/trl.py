@@ -1,9 +1,13 @@
-"""SGPO rewards inside TRL's GRPOTrainer.
+"""SGPO inside TRL's GRPOTrainer: the rewards, and the fused loss.
 
-    from sgpo_engine.integrations.trl import SGPOReward
+    from sgpo_engine.integrations.trl import SGPOGRPOTrainer, SGPOReward
     reward = SGPOReward(HTTPJudge(url, model))                 # any sgpo_engine judge
-    trainer = GRPOTrainer(model=..., reward_funcs=[reward], args=GRPOConfig(scale_rewards="group", ...),
-                          train_dataset=...)                  # rows with "prompt" and "answer"
+    trainer = SGPOGRPOTrainer(model=..., reward_funcs=[reward], args=GRPOConfig(scale_rewards="group", ...),
+                              train_dataset=...)              # rows with "prompt" and "answer"
+
+SGPOGRPOTrainer is GRPOTrainer with ops.fused_policy_loss as its loss (see
+trl_trainer.py); SGPOReward works with TRL's own GRPOTrainer too. This module
+imports trl only when SGPOGRPOTrainer is asked for.
 
 TRL calls `reward(prompts=..., completions=..., answer=[...], log_metric=..., **kw)`
 with this process's completions, the G = num_generations completions of each
@@ -66,6 +70,13 @@ def group_offsets(prompts: Sequence, num_generations: Optional[int]) -> list[int
         if prompts[i] != prompts[i - 1]:
             offsets.append(i)
     return offsets + [n]
+
+
+def __getattr__(name):  # PEP 562: SGPOGRPOTrainer subclasses trl's trainer, so trl loads on first use
+    if name == "SGPOGRPOTrainer":
+        from .trl_trainer import SGPOGRPOTrainer
+        return SGPOGRPOTrainer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _world():
