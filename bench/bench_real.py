@@ -10,21 +10,23 @@ against a baseline measured in the same run.
    EOS off in both engines (equal lengths): sgpo_engine.generate against
    transformers' generate. The GEMM ceiling: every weight GEMM the rollout
    needs (each projection of each layer and the LM head, at the prefill's and
-   each decode step's row counts), timed alone in this process at the fused
-   shapes an engine can use (q|k|v and gate|up as one matrix each);
-   gemm_fraction = that time / the engine's generation time, the share of
-   this machine's matrix-multiply rate the rollout achieves.
+   each decode step's row counts), timed alone in this process, per row count
+   in the faster of the engine's layout and the fused one (q|k|v and gate|up
+   as one matrix each); gemm_fraction = that time / the engine's generation
+   time, the share of this machine's matrix-multiply rate the rollout achieves.
 2. train: a full GRPO step (rollout, reward, update) of sgpo_engine against
    TRL's GRPOTrainer, same model, questions, G, token budget, fp32, no
    gradient checkpointing: bench_train.py with one engine per process, so
-   each process's peak RSS is its own.
+   each process's peak RSS is its own; once with all P x G sequences in one
+   forward/backward, once in micro-batches of 4 (both engines accumulate).
 3. loss: fused_policy_loss forward + backward at 4096 tokens, H 576, V 49152
    (fp32) against TRL-style eager (full logits) and Liger's chunked loss:
    time (median, one process) and peak extra memory (a fresh process per
    case, so one case's freed memory cannot hide another's), next to the
    gradient bytes any implementation must return.
 
-Writes bench/results/real_cpu.json (real_cpu_quick.json with --quick).
+Writes bench/results/real_cpu.json (real_cpu_quick.json with --quick); with
+--only, the other parts of an existing file are kept.
 """
 from __future__ import annotations
 
@@ -62,34 +64,47 @@ def chat_ids(policy, qs: list[str]) -> list[list[int]]:
 # ----------------------------------------------------------------------
 # 1. generation
 # ----------------------------------------------------------------------
-def fused_weight_shapes(cfg) -> list[tuple[int, int]]:
-    """(out, in) of each weight GEMM of one token's forward: per layer q|k|v,
-    o, gate|up, down (fused where an engine can fuse), then the LM head."""
-    d = cfg.head_dim
-    layer = [((cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * d, cfg.hidden_size),
-             (cfg.hidden_size, cfg.num_attention_heads * d),
-             (2 * cfg.intermediate_size, cfg.hidden_size),
-             (cfg.hidden_size, cfg.intermediate_size)]
-    return layer * cfg.num_hidden_layers + [(cfg.vocab_size, cfg.hidden_size)]
+def layer_weight_shapes(cfg, fused: bool) -> list[tuple[int, int]]:
+    """(out, in) of each weight GEMM of one layer for one token: q, k, v, o,
+    gate, up, down as the engine runs them, or with q|k|v and gate|up as one
+    matrix each (fused, as vLLM stores them)."""
+    d, h = cfg.head_dim, cfg.hidden_size
+    q, kv, i = cfg.num_attention_heads * d, cfg.num_key_value_heads * d, cfg.intermediate_size
+    if fused:
+        return [(q + 2 * kv, h), (h, q), (2 * i, h), (h, i)]
+    return [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
 
 
-def gemm_seconds(cfg, rows: list[int], repeat: int = 3) -> float:
+def median_seconds(shapes, m: int, repeat: int) -> float:
+    """Median time of one y = x W^T per shape, in sequence, at m rows."""
+    weights = [torch.randn(*s) * 0.02 for s in shapes]
+    x = {s[1]: torch.randn(m, s[1]) for s in shapes}
+    times = []
+    for _ in range(repeat + 1):  # the first round warms up
+        t0 = time.perf_counter()
+        for s, w in zip(shapes, weights):
+            torch.nn.functional.linear(x[s[1]], w)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+def gemm_seconds(cfg, rows: list[int], repeat: int = 3) -> dict:
     """Time of the weight GEMMs alone for forwards of `rows` rows each (one
-    entry per forward: the prefill, then each decode step): median of repeats
-    per distinct row count, summed. Weights are random, of the model's dtype."""
-    shapes = fused_weight_shapes(cfg)
-    weights = {s: torch.randn(*s) * 0.02 for s in set(shapes)}
-    total = 0.0
+    entry per forward: the prefill, then each decode step), summed: per layer
+    in the engine's layout and fused, and the LM head (once per forward).
+    `best` takes the faster layout per row count: the ceiling any layout
+    reaches on this machine. Weights are random fp32."""
+    out = {"unfused": 0.0, "fused": 0.0, "best": 0.0}
+    head = [(cfg.vocab_size, cfg.hidden_size)]
     for m in set(rows):
-        x = {s[1]: torch.randn(m, s[1]) for s in shapes}
-        times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            for s in shapes:
-                torch.nn.functional.linear(x[s[1]], weights[s])
-            times.append(time.perf_counter() - t0)
-        total += statistics.median(times) * rows.count(m)
-    return total
+        n, L = rows.count(m), cfg.num_hidden_layers
+        lm = median_seconds(head, m, repeat)
+        un = median_seconds(layer_weight_shapes(cfg, False), m, repeat) * L + lm
+        fu = median_seconds(layer_weight_shapes(cfg, True), m, repeat) * L + lm
+        out["unfused"] += un * n
+        out["fused"] += fu * n
+        out["best"] += min(un, fu) * n
+    return out
 
 
 def bench_generate(model: str, P: int, G: int, new: int) -> dict:
@@ -127,21 +142,23 @@ def bench_generate(model: str, P: int, G: int, new: int) -> dict:
             "transformers": {"seconds": theirs, "tokens": ref_tokens, "tokens_per_s": ref_tokens / theirs},
             "gemm_only_seconds": ceiling,
             "speedup_vs_transformers": (tokens / ours) / (ref_tokens / theirs),
-            "gemm_fraction": ceiling / ours, "transformers_gemm_fraction": ceiling / theirs}
+            "gemm_fraction": ceiling["best"] / ours, "transformers_gemm_fraction": ceiling["best"] / theirs}
 
 
 # ----------------------------------------------------------------------
 # 2. a training step, one engine per process
 # ----------------------------------------------------------------------
-def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str) -> dict:
-    report = {}
+def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, micro: int) -> dict:
+    """Both engines at `micro` sequences per forward/backward (one optimizer
+    step per P x G completions either way)."""
+    report = {"micro_batch": micro}
     for engine in ("sgpo_grpo", "trl_grpo"):
         out = os.path.join(out_dir, f"real_train_{engine}.json")
         cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_train.py"), "--model", model, "--dataset", GSM8K,
                "--prompt-field", "question", "--chat-template", "--engines", engine, "--prompts", str(P), "--G",
-               str(G), "--max-new-tokens", str(new), "--steps", str(steps), "--lr", "1e-6", "--threads",
+               str(G), "--micro-batch", str(micro), "--max-new-tokens", str(new), "--steps", str(steps), "--lr", "1e-6", "--threads",
                str(torch.get_num_threads()), "--out", out]
-        print(f"  train: {engine} ...", flush=True)
+        print(f"  train: {engine}, micro-batch {micro} ...", flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
             report[engine] = {"error": r.stderr[-2000:]}
@@ -170,11 +187,19 @@ def loss_cases(tokens: int, H: int, V: int) -> tuple[dict, dict]:
 
 
 def peak_extra_in_fresh_process(case: str, tokens: int, H: int, V: int) -> float:
-    """Peak RSS above the pre-call RSS of one call of `case`, in a new process."""
+    """Peak RSS above the pre-call RSS of one call of `case`, in a new process.
+
+    glibc serves large blocks from its heap and keeps freed ones, so RSS
+    undercounts a buffer that reuses memory freed before the call (setting up
+    the inputs frees a logits chunk) and overcounts fragmentation: the same
+    case read 120 and 365 MiB in two runs. With every block over 64 KiB
+    mmapped (MALLOC_MMAP_THRESHOLD_) a tensor's pages come and go with it and
+    repeated runs agree within 0.1 MiB."""
     code = ("import sys, json; sys.argv = ['x']; import bench_real as b; "
             f"print(json.dumps(b.measure_one({case!r}, {tokens}, {H}, {V})))")
+    env = {**os.environ, "PYTHONPATH": os.path.join(ROOT, "bench"), "MALLOC_MMAP_THRESHOLD_": "65536"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=os.path.join(ROOT, "bench"), env={**os.environ, "PYTHONPATH": os.path.join(ROOT, "bench")})
+                       cwd=os.path.join(ROOT, "bench"), env=env)
     if r.returncode:
         raise RuntimeError(f"loss case {case}: {r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -212,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="an HF folder (default: SmolLM2-135M-Instruct, made once)")
     ap.add_argument("--only", default="generate,train,loss")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--train-micro", default=None,
+                    help="micro-batch sizes of the train part, comma-separated (default: P x G, then 4)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.model is None:
@@ -219,9 +246,14 @@ def main(argv=None):
         args.model = get_smollm2(os.environ.get("SGPO_SMOLLM2_DIR", DEFAULT_MODEL))
     parts = args.only.split(",")
     q = args.quick
-    report = {"device": platform.processor() or platform.machine(), "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "model": os.path.basename(os.path.normpath(args.model)),
-              "quick": q}
+    out = args.out or os.path.join(ROOT, "bench", "results", f"real_cpu{'_quick' if q else ''}.json")
+    report = {}
+    if os.path.exists(out):  # --only: keep the parts not re-run
+        with open(out) as f:
+            report = json.load(f)
+    report.update({"device": platform.processor() or platform.machine(), "torch": torch.__version__,
+                   "threads": torch.get_num_threads(), "model": os.path.basename(os.path.normpath(args.model)),
+                   "quick": q})
     results_dir = os.path.join(ROOT, "bench", "results")
     os.makedirs(results_dir, exist_ok=True)
     if "generate" in parts:
@@ -229,12 +261,15 @@ def main(argv=None):
         report["generate"] = bench_generate(args.model, 2 if q else 8, 2 if q else 8, 16 if q else 256)
     if "train" in parts:
         print("train ...", flush=True)
-        report["train"] = bench_train(args.model, 2 if q else 4, 2 if q else 4, 16 if q else 128, 1 if q else 2,
-                                      results_dir)
+        P, G = (2, 2) if q else (4, 4)
+        micros = [int(m) for m in args.train_micro.split(",")] if args.train_micro else [P * G, 2 if q else 4]
+        runs = {t["micro_batch"]: t for t in report.get("train", [])}  # kept: other micro-batch sizes
+        for micro in micros:
+            runs[micro] = bench_train(args.model, P, G, 16 if q else 128, 1 if q else 2, results_dir, micro)
+        report["train"] = [runs[m] for m in sorted(runs, reverse=True)]
     if "loss" in parts:
         print("loss ...", flush=True)
         report["loss"] = bench_loss(512 if q else 4096, 576, 8192 if q else 49152, 1 if q else 3)
-    out = args.out or os.path.join(results_dir, f"real_cpu{'_quick' if q else ''}.json")
     with open(out + ".tmp", "w") as f:
         json.dump(report, f, indent=2)
     os.replace(out + ".tmp", out)
@@ -250,16 +285,17 @@ def print_table(report: dict):
               f"{g['transformers']['tokens_per_s']:.0f} ({g['speedup_vs_transformers']:.2f}x)")
         print(f"generate  GEMM-rate fraction ours / transformers   {g['gemm_fraction']:.2f} / "
               f"{g['transformers_gemm_fraction']:.2f}")
-    t = report.get("train")
-    if t and "speedup_vs_trl" in t:
+    for t in report.get("train", []):
+        m = t["micro_batch"]
+        if "speedup_vs_trl" not in t:
+            print(f"train     micro {m:2d}: errors: {[k for k, v in t.items() if isinstance(v, dict) and 'error' in v]}")
+            continue
         o, r = t["sgpo_grpo"], t["trl_grpo"]
-        print(f"train     step s ours / TRL                        {o['step_seconds']:.1f} / {r['step_seconds']:.1f} "
+        print(f"train     micro {m:2d}: step s ours / TRL             {o['step_seconds']:.1f} / {r['step_seconds']:.1f} "
               f"({t['speedup_vs_trl']:.2f}x tokens/s; rollout {t['rollout_speedup_vs_trl']:.2f}x, "
               f"update {t['update_speedup_vs_trl']:.2f}x)")
-        print(f"train     peak RSS ours / TRL                      {o['peak_rss_bytes'] / 2**30:.2f} / "
+        print(f"train     micro {m:2d}: peak RSS ours / TRL           {o['peak_rss_bytes'] / 2**30:.2f} / "
               f"{r['peak_rss_bytes'] / 2**30:.2f} GiB ({t['peak_memory_vs_trl']:.2f}x)")
-    elif t:
-        print(f"train     errors: {[k for k, v in t.items() if 'error' in v]}")
     lo = report.get("loss")
     if lo:
         R = lo["results"]

@@ -108,7 +108,7 @@ class Ours:
                           judge="builtin" if args.dataset == BUILTIN else "none",
                           prompts_per_step=args.prompts, num_samples=args.G, max_new_tokens=args.max_new_tokens,
                           temperature=1.0, scope=scope, loss_type="dapo", eps_low=0.2,
-                          eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.prompts * args.G, lr=args.lr,
+                          eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.micro_batch, lr=args.lr,
                           lr_schedule="constant", max_grad_norm=1.0, max_steps=args.warmup + args.steps,
                           seed=args.seed, output=os.path.join(args.tmp, f"ours_{scope}"), save_every=10 ** 9,
                           tensorboard=False, progress=False)
@@ -190,8 +190,10 @@ def run_trl(path, args, prompts_by_step, examples_log, between=()):
 
     P, G = args.prompts, args.G
     config = GRPOConfig(
-        output_dir=os.path.join(args.tmp, "trl"), per_device_train_batch_size=P * G, gradient_accumulation_steps=1,
-        num_generations=G, steps_per_generation=1, num_iterations=1, max_completion_length=args.max_new_tokens,
+        # one optimizer step = one generation batch of P * G, in micro-batches of args.micro_batch
+        output_dir=os.path.join(args.tmp, "trl"), per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=P * G // args.micro_batch, num_generations=G,
+        steps_per_generation=P * G // args.micro_batch, num_iterations=1, max_completion_length=args.max_new_tokens,
         temperature=1.0, top_k=0, top_p=1.0, learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", epsilon=0.2, scale_rewards="group",
         shuffle_dataset=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
@@ -262,6 +264,8 @@ def main(argv=None):
     ap.add_argument("--model", default="auto", help="auto (warm start if shipped, else fresh) | fresh | PATH")
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--G", type=int, default=8)
+    ap.add_argument("--micro-batch", type=int, default=None,
+                    help="sequences per forward/backward, both engines (default: all prompts x G; must divide it)")
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--min-ops", type=int, default=8)
     ap.add_argument("--max-ops", type=int, default=10)
@@ -276,13 +280,16 @@ def main(argv=None):
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 8)
+    args.micro_batch = args.micro_batch or args.prompts * args.G
+    if (args.prompts * args.G) % args.micro_batch:
+        ap.error(f"--micro-batch {args.micro_batch} must divide prompts x G = {args.prompts * args.G}")
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
     card = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
     report = {"device": card or platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "prompts": args.prompts, "samples": args.G,
-              "max_new_tokens": args.max_new_tokens, "task_ops": [args.min_ops, args.max_ops], "lr": args.lr,
+              "max_new_tokens": args.max_new_tokens, "micro_batch": args.micro_batch, "task_ops": [args.min_ops, args.max_ops], "lr": args.lr,
               "dataset": args.dataset, "chat_template": args.chat_template,
               "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {}, "errors": {}}
     with tempfile.TemporaryDirectory() as tmp:

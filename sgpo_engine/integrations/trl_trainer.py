@@ -70,7 +70,9 @@ class SGPOGRPOTrainer(GRPOTrainer):
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)                   # [B, P + T]
         attention_mask = torch.cat([prompt_mask, mask], dim=1)
         unwrapped = self.accelerator.unwrap_model(model)
-        backbone = getattr(unwrapped, unwrapped.base_model_prefix)
+        if hasattr(unwrapped, "peft_config"):  # PEFT: the causal LM with its adapters injected
+            unwrapped = unwrapped.get_base_model()
+        backbone = unwrapped.base_model            # transformers' backbone: model.model for Llama/Qwen
         with self.accelerator.autocast():
             last = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         hidden = last[:, -T - 1:-1]                      # [B, T, H]: the positions that predict the completion
