@@ -19,6 +19,7 @@ against a baseline measured in the same run.
    gradient checkpointing: bench_train.py with one engine per process, so
    each process's peak RSS is its own; once with all P x G sequences in one
    forward/backward, once in micro-batches of 4 (both engines accumulate).
+   trl_fused: TRL's trainer with the fused loss (SGPOGRPOTrainer), same run.
 3. loss: fused_policy_loss forward + backward at 4096 tokens, H 576, V 49152
    (fp32) against TRL-style eager (full logits) and Liger's chunked loss:
    time (median, one process) and peak extra memory (a fresh process per
@@ -148,11 +149,16 @@ def bench_generate(model: str, P: int, G: int, new: int) -> dict:
 # ----------------------------------------------------------------------
 # 2. a training step, one engine per process
 # ----------------------------------------------------------------------
-def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, micro: int) -> dict:
-    """Both engines at `micro` sequences per forward/backward (one optimizer
-    step per P x G completions either way)."""
-    report = {"micro_batch": micro}
-    for engine in ("sgpo_grpo", "trl_grpo"):
+TRAIN_ENGINES = ("sgpo_grpo", "trl_grpo", "trl_fused")
+
+
+def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, micro: int,
+                engines=TRAIN_ENGINES, report=None) -> dict:
+    """The engines at `micro` sequences per forward/backward (one optimizer
+    step per P x G completions either way), each in its own process; adds to
+    `report` (another run's engines at this micro-batch size are kept)."""
+    report = dict(report or {}, micro_batch=micro)
+    for engine in engines:
         out = os.path.join(out_dir, f"real_train_{engine}.json")
         cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_train.py"), "--model", model, "--dataset", GSM8K,
                "--prompt-field", "question", "--chat-template", "--engines", engine, "--prompts", str(P), "--G",
@@ -168,12 +174,14 @@ def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, 
         os.remove(out)
         report[engine] = {**run["results"][engine], "peak_rss_bytes": run["peak_rss_bytes"]}
         report[engine].pop("per_step", None)
-    ours, trl = report.get("sgpo_grpo", {}), report.get("trl_grpo", {})
-    if "step_seconds" in ours and "step_seconds" in trl:
-        report["speedup_vs_trl"] = ours["step_tokens_per_s"] / trl["step_tokens_per_s"]
-        report["rollout_speedup_vs_trl"] = ours["rollout_tokens_per_s"] / trl["rollout_tokens_per_s"]
-        report["update_speedup_vs_trl"] = ours["update_tokens_per_s"] / trl["update_tokens_per_s"]
-        report["peak_memory_vs_trl"] = ours["peak_rss_bytes"] / trl["peak_rss_bytes"]
+    trl = report.get("trl_grpo", {})
+    for name, prefix in (("sgpo_grpo", ""), ("trl_fused", "trl_fused_")):
+        ours = report.get(name, {})
+        if "step_seconds" in ours and "step_seconds" in trl:
+            report[f"{prefix}speedup_vs_trl"] = ours["step_tokens_per_s"] / trl["step_tokens_per_s"]
+            report[f"{prefix}rollout_speedup_vs_trl"] = ours["rollout_tokens_per_s"] / trl["rollout_tokens_per_s"]
+            report[f"{prefix}update_speedup_vs_trl"] = ours["update_tokens_per_s"] / trl["update_tokens_per_s"]
+            report[f"{prefix}peak_memory_vs_trl"] = ours["peak_rss_bytes"] / trl["peak_rss_bytes"]
     return report
 
 
@@ -237,6 +245,8 @@ def main(argv=None):
     ap.add_argument("--model", default=None, help="an HF folder (default: SmolLM2-135M-Instruct, made once)")
     ap.add_argument("--only", default="generate,train,loss")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--train-engines", default=None,
+                    help=f"engines of the train part, comma-separated (default: {','.join(TRAIN_ENGINES)})")
     ap.add_argument("--train-micro", default=None,
                     help="micro-batch sizes of the train part, comma-separated (default: P x G, then 4)")
     ap.add_argument("--out", default=None)
@@ -264,8 +274,10 @@ def main(argv=None):
         P, G = (2, 2) if q else (4, 4)
         micros = [int(m) for m in args.train_micro.split(",")] if args.train_micro else [P * G, 2 if q else 4]
         runs = {t["micro_batch"]: t for t in report.get("train", [])}  # kept: other micro-batch sizes
+        engines = args.train_engines.split(",") if args.train_engines else TRAIN_ENGINES
         for micro in micros:
-            runs[micro] = bench_train(args.model, P, G, 16 if q else 128, 1 if q else 2, results_dir, micro)
+            runs[micro] = bench_train(args.model, P, G, 16 if q else 128, 1 if q else 2, results_dir, micro,
+                                      engines, runs.get(micro))
         report["train"] = [runs[m] for m in sorted(runs, reverse=True)]
     if "loss" in parts:
         print("loss ...", flush=True)
@@ -296,6 +308,11 @@ def print_table(report: dict):
               f"update {t['update_speedup_vs_trl']:.2f}x)")
         print(f"train     micro {m:2d}: peak RSS ours / TRL           {o['peak_rss_bytes'] / 2**30:.2f} / "
               f"{r['peak_rss_bytes'] / 2**30:.2f} GiB ({t['peak_memory_vs_trl']:.2f}x)")
+        if "trl_fused_speedup_vs_trl" in t:
+            f = t["trl_fused"]
+            print(f"train     micro {m:2d}: TRL + fused loss / TRL         {f['step_seconds']:.1f} / "
+                  f"{r['step_seconds']:.1f} s ({t['trl_fused_speedup_vs_trl']:.2f}x tokens/s, update "
+                  f"{t['trl_fused_update_speedup_vs_trl']:.2f}x), peak RSS {t['trl_fused_peak_memory_vs_trl']:.2f}x")
     lo = report.get("loss")
     if lo:
         R = lo["results"]

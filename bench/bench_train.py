@@ -20,6 +20,8 @@ Engines:
   sgpo_sgpo   sgpo_engine, SGPO: + the task's exact step judge (RTS credit in
               all-negative groups); the judge runs in the reward phase
   trl_grpo    trl.GRPOTrainer, reward = the same verifier
+  trl_fused   the same with sgpo_engine's SGPOGRPOTrainer: TRL's trainer with
+              the fused loss (not run by default; --engines trl_fused)
 
 Phases of a step (seconds, then completion tokens / second):
   rollout   sampling the completions (ours: generate; TRL: model.generate)
@@ -161,7 +163,7 @@ class Ours:
 # ----------------------------------------------------------------------
 # TRL
 # ----------------------------------------------------------------------
-def run_trl(path, args, prompts_by_step, examples_log, between=()):
+def run_trl(path, args, prompts_by_step, examples_log, between=(), fused=False):
     import transformers
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -199,6 +201,8 @@ def run_trl(path, args, prompts_by_step, examples_log, between=()):
         shuffle_dataset=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
         max_steps=args.warmup + args.steps, logging_steps=1, report_to="none", save_strategy="no", seed=args.seed,
         disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
+    if fused:
+        from sgpo_engine.integrations.trl import SGPOGRPOTrainer as GRPOTrainer  # noqa: F811
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=tok)
 
@@ -273,7 +277,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared 2-core CPU)")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline")
-    ap.add_argument("--engines", default=None, help="comma-separated subset of sgpo_grpo,sgpo_sgpo,trl_grpo")
+    ap.add_argument("--engines", default=None,
+                    help="comma-separated subset of sgpo_grpo,sgpo_sgpo,trl_grpo,trl_fused")
     ap.add_argument("--dataset", default=BUILTIN, help="builtin:arith (default) or a .jsonl / .parquet file")
     ap.add_argument("--prompt-field", default="prompt")
     ap.add_argument("--chat-template", action="store_true", help="prompts as a user turn of the chat template")
@@ -310,8 +315,9 @@ def main(argv=None):
         seen = {name: [] for name in engines}
         scopes = {"sgpo_grpo": "off", "sgpo_sgpo": "all_negative"}
         ours = {name: Ours(path, args, scopes[name], seen[name]) for name in engines if name in scopes}
+        trl_engines = [n for n in ("trl_grpo", "trl_fused") if n in engines]
         trl_error = None
-        if args.no_trl or "trl_grpo" not in engines:
+        if args.no_trl or not trl_engines:
             trl_error = "skipped"
         else:
             try:
@@ -320,17 +326,20 @@ def main(argv=None):
             except Exception as e:  # not installed
                 trl_error = f"trl is not importable ({type(e).__name__}: {e}); pip install trl"
         t0 = time.time()
-        if trl_error is None:
+        for i, name in enumerate(trl_engines if trl_error is None else []):
             # the engines take turns step by step, so a shared machine's load drifts onto all alike
             try:
-                report["results"]["trl_grpo"] = run_trl(path, args, prompts_by_step, seen["trl_grpo"],
-                                                        between=list(ours.values()))
+                report["results"][name] = run_trl(path, args, prompts_by_step, seen[name],
+                                                  between=list(ours.values()) if i == 0 else [],
+                                                  fused=name == "trl_fused")
             except Exception as e:
                 traceback.print_exc()
-                trl_error = f"TRL failed: {type(e).__name__}: {e}"
+                report["errors"][name] = f"TRL failed: {type(e).__name__}: {e}"
+                seen.pop(name, None)
         if trl_error is not None:
-            report["errors"]["trl_grpo"] = trl_error
-            seen.pop("trl_grpo", None)
+            for name in trl_engines or ["trl_grpo"]:
+                report["errors"][name] = trl_error
+                seen.pop(name, None)
         while not all(o.done() for o in ours.values()):  # without TRL (or after it failed)
             for o in ours.values():
                 if not o.done():
@@ -346,7 +355,7 @@ def main(argv=None):
     print(f"{'engine':10s} {'step s':>7s} {'step tok/s':>10s} {'rollout tok/s':>13s} {'reward tok/s':>12s} "
           f"{'update tok/s':>12s}   share rollout/reward/update/other   len   acc")
     fmt = lambda v: f"{v:.0f}" if v is not None else "-"
-    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_sgpo", "trl_grpo") if name in R}
+    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_sgpo", "trl_grpo", "trl_fused") if name in R}
     report["results"] = R
     for name, r in R.items():
         print(f"{name:10s} {r['step_seconds']:7.2f} {r['step_tokens_per_s']:10.0f} "
@@ -359,7 +368,7 @@ def main(argv=None):
     summary = {}
     if "trl_grpo" in R:
         t = R["trl_grpo"]
-        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo") if n in R):
+        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo", "trl_fused") if n in R):
             for key in ("step", "rollout", "update"):
                 summary[f"{name}_vs_trl_{key}_tokens_per_s"] = R[name][f"{key}_tokens_per_s"] / t[f"{key}_tokens_per_s"]
         print()
