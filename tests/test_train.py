@@ -424,8 +424,11 @@ def test_prefix_credit_needs_a_tokenizer(tmp_path):
 # --------------------------------------------------------------------------
 # 3. gradient accumulation is exact
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo"])
+@pytest.mark.parametrize("loss_type", ["dapo", "grpo", "bnpo", "dr_grpo", "cispo", "sapo", "grpo+kl"])
 def test_gradient_accumulation_is_exact(tmp_path, loss_type):
+    # grpo+kl: beta > 0 against the frozen initial policy, the KL weighted by the ratio
+    kl = dict(beta=0.05, use_bias_correction_kl=True) if loss_type.endswith("+kl") else {}
+    loss_type = loss_type.split("+")[0]
     results = []
     for micro in (64, 3, 1):
         policy = tasks.new_policy(seed=0)
@@ -435,7 +438,7 @@ def test_gradient_accumulation_is_exact(tmp_path, loss_type):
         # weight comparison about the gradients; they are also compared directly below.
         trainer, _ = hand_trainer(tmp_path / str(micro), policy=policy, scope="all_incorrect",
                                   loss_type=loss_type, micro_batch_size=micro, max_grad_norm=0.0, mu=2,
-                                  adam_eps=1e-5)
+                                  adam_eps=1e-5, **kl)
         m = trainer.train_step()
         grads = {k: p.grad.clone() for k, p in policy.named_parameters()}
         results.append((params(policy), grads, m))

@@ -83,6 +83,7 @@ class TrainConfig:
     sapo_temperature_pos: float = 1.0    # sapo's gate temperature for positive advantages
     sapo_temperature_neg: float = 1.05   # and for the others
     beta: float = 0.0                    # k3 KL to the frozen initial policy
+    use_bias_correction_kl: bool = False  # KL term k3 x ratio (TRL's option and default; unbiased gradient)
     mu: int = 1                          # optimization epochs per rollout
     micro_batch_size: int = 64           # sequences per forward/backward
     recompute_old_logp: bool = False     # recompute old log-probs instead of the sampler's

@@ -322,7 +322,8 @@ class SGPOTrainer:
                         ref_logp=None if ref_logp is None else ref_logp[rows], beta=cfg.beta,
                         eps_low=cfg.eps_low, eps_high=cfg.eps_high, delta=cfg.delta,
                         sapo_temperature_pos=cfg.sapo_temperature_pos,
-                        sapo_temperature_neg=cfg.sapo_temperature_neg, loss_type=loss_type,
+                        sapo_temperature_neg=cfg.sapo_temperature_neg,
+                        use_bias_correction_kl=cfg.use_bias_correction_kl, loss_type=loss_type,
                         importance_sampling_level=cfg.importance_sampling_level, temperature=cfg.temperature,
                         max_completion_length=cfg.max_new_tokens,
                         num_items_in_batch=tok_global if token_norm else None)
