@@ -16,11 +16,11 @@ from .function import FunctionJudge
 from .http import HTTPJudge
 from .local import LocalJudge
 from .prompt import SYSTEM_PROMPT, judge_messages, neutralize, parse_reply
-from .rewards import SCOPES, SGPORewards, sgpo_rewards
+from .rewards import SCOPES, SGPORewards, judge_in_scope, sgpo_rewards
 from .steps import MODES, rts, split_steps, step_spans
 from .verdict import Verdict
 
 __all__ = ["DEFAULT_PATTERNS", "extract_answer", "normalize", "verify", "Judge", "VerdictCache", "cache_key",
            "FunctionJudge", "HTTPJudge", "LocalJudge", "SYSTEM_PROMPT", "judge_messages", "neutralize",
-           "parse_reply", "SCOPES", "SGPORewards", "sgpo_rewards", "MODES", "rts", "split_steps", "step_spans",
+           "parse_reply", "SCOPES", "SGPORewards", "judge_in_scope", "sgpo_rewards", "MODES", "rts", "split_steps", "step_spans",
            "Verdict"]

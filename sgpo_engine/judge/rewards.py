@@ -72,6 +72,21 @@ def _in_scope(scope: str, correct: list[bool], offsets: list[int]) -> list[int]:
     return picked
 
 
+def judge_in_scope(judge, problems: Sequence[str], responses: Sequence[str], correct: Sequence[bool],
+                   offsets: Sequence[int], scope: str,
+                   references: Optional[Sequence[Optional[str]]] = None) -> list[Optional[Verdict]]:
+    """Verdicts [N] of the incorrect responses the scope sends to the judge, None for the rest.
+    problems, responses, correct and references are per response; offsets [P+1] bound the groups."""
+    picked = _in_scope(scope, list(correct), list(offsets))
+    verdicts: list[Optional[Verdict]] = [None] * len(responses)
+    if picked:
+        refs = None if references is None else [references[i] for i in picked]
+        got = judge.judge([problems[i] for i in picked], [responses[i] for i in picked], refs)
+        for i, v in zip(picked, got):
+            verdicts[i] = v
+    return verdicts
+
+
 def sgpo_rewards(problems: Sequence[str], groups: Sequence[Sequence], golds: Sequence, judge=None, *,
                  references: Optional[Sequence[Optional[str]]] = None, scope: str = "all_negative",
                  correct_reward: float = 1.0, incorrect_reward: float = 0.0,
@@ -98,14 +113,8 @@ def sgpo_rewards(problems: Sequence[str], groups: Sequence[Sequence], golds: Seq
         owner += [p] * len(group)
         offsets.append(len(texts))
     correct = [bool(verifier(t, golds[p])) for t, p in zip(texts, owner)]
-
-    picked = _in_scope(scope, correct, offsets)
-    verdicts: list[Optional[Verdict]] = [None] * len(texts)
-    if picked:
-        refs = None if references is None else [references[owner[i]] for i in picked]
-        got = judge.judge([problems[owner[i]] for i in picked], [texts[i] for i in picked], refs)
-        for i, v in zip(picked, got):
-            verdicts[i] = v
+    verdicts = judge_in_scope(judge, [problems[p] for p in owner], texts, correct, offsets, scope,
+                              None if references is None else [references[p] for p in owner])
     rts = [v.rts if v is not None else math.nan for v in verdicts]
     sizes = {offsets[g + 1] - offsets[g] for g in range(P)}
     return SGPORewards(
