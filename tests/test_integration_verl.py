@@ -188,9 +188,15 @@ def test_reward_manager_run_single(tmp_path):
         assert info["sgpo_problem"] == (question or e.prompt)  # decoded prompt when no question is given
 
 
-def test_verify_score_reads_gsm8k_solutions():
-    assert sgpo_verl.verify_score("gsm8k", "So she has 3 + 4 = 7 apples.\n#### 7", "7") == 1.0
-    assert sgpo_verl.verify_score("gsm8k", "She has 8 apples. The answer is 8.", "He had 3.\n#### 7") == 0.0
+def test_verify_score_as_verls_custom_reward_function():
+    """The README's reward.custom_reward_function (pkg:// path: the module is imported, not re-run)."""
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+    score = get_custom_reward_fn(OmegaConf.create({"reward": {"custom_reward_function": {
+        "path": "pkg://sgpo_engine.integrations.verl", "name": "verify_score"}}}))
+    assert score(data_source="gsm8k", solution_str="So she has 3 + 4 = 7 apples.\n#### 7", ground_truth="7",
+                 extra_info={}) == 1.0
+    assert score(data_source="gsm8k", solution_str="She has 8 apples. The answer is 8.",
+                 ground_truth="He had 3.\n#### 7", extra_info={}) == 0.0
 
 
 def test_registered_by_the_plugin_entry_point():
@@ -203,3 +209,37 @@ def test_registered_by_the_plugin_entry_point():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["sgpo_engine.integrations.verl", "SGPORewardManager"]
     assert get_adv_estimator_fn("sgpo") is sgpo_verl.compute_sgpo_outcome_advantage
+
+
+def test_settings_from_verls_own_config(gen):
+    """The README's overrides on verl's ppo_trainer config (hydra, as verl's main composes it)
+    reach the estimator: algorithm.sgpo's fields are read, the unknown one is refused."""
+    import os
+
+    import verl
+    from hydra import compose, initialize_config_dir
+    config_dir = os.path.join(os.path.dirname(verl.__file__), "trainer", "config")
+    with initialize_config_dir(config_dir=config_dir, version_base=None):
+        cfg = compose(config_name="ppo_trainer", overrides=[
+            "algorithm.adv_estimator=sgpo", "reward.reward_manager.name=sgpo",
+            "+algorithm.sgpo.judge.url=http://127.0.0.1:9/v1", "+algorithm.sgpo.judge.model=m",
+            "+algorithm.sgpo.beta=2.0", "+algorithm.sgpo.gamma=0.3"])
+    nt, scores, rts, uids = _arith_case(gen)
+    nt["sgpo_rts"] = rts
+    out = compute_advantage(_batch(scores, uids, 3, gen, nt), cfg.algorithm.adv_estimator, config=cfg.algorithm)
+    used = 1 / (1 + np.exp(-2.0 * (rts[[u == "u0" for u in uids]] - 0.3)))  # credit of the all-wrong group
+    expected = (used - used.mean()) / (used.std(ddof=1) + 1e-6)
+    np.testing.assert_allclose(out.batch["advantages"][[u == "u0" for u in uids], 0].numpy(), expected,
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_example_runs():
+    from train_helpers import ROOT, subprocess_env
+    out = subprocess.run([sys.executable, "examples/verl_sgpo.py", "--problems", "6"], cwd=ROOT,
+                         env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    last = out.stdout.strip().splitlines()[-1]
+    words = last.replace(",", "").split()  # groups with signal: grpo X sgpo Y of 6
+    assert words[:4] == ["groups", "with", "signal:", "grpo"], last
+    grpo, sgpo = int(words[4]), int(words[6])
+    assert sgpo >= grpo and sgpo > 0, last

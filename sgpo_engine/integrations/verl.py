@@ -18,7 +18,7 @@ it groups the responses by uid, sends the incorrect responses in scope to the
 judge (scope "all_negative": only groups with no correct response; each
 response once), writes their RTS to the batch as `sgpo_rts` (NaN where not
 judged), and computes the advantages with `ops.group_advantages` (docs/design.md
-sections 1 and 6.6). If the batch already has `sgpo_rts` (your own reward
+sections 1 and 4.5). If the batch already has `sgpo_rts` (your own reward
 manager judged), no judge is called. With scope "off" it equals verl's "grpo"
 estimator, singleton groups included (verl gives them mean 0, std 1).
 
