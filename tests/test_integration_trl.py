@@ -148,9 +148,10 @@ def test_groups_spanning_two_processes_are_judged_whole_once():
 
 
 # ---------------------------------------------------------------- a real GRPOTrainer run
-@pytest.mark.parametrize("trainer_class", ["GRPOTrainer", "SGPOGRPOTrainer"])
+@pytest.mark.parametrize("trainer_class", ["GRPOTrainer", "SGPOGRPOTrainer", "SGPOGRPOTrainer-prefix"])
 def test_two_grpo_steps_with_trl(tmp_path, trainer_class):
     trl = pytest.importorskip("trl")
+    trainer_class, _, credit_assignment = trainer_class.partition("-")
     from sgpo_engine.integrations import trl as integration
     cls = getattr(trl, trainer_class, None) or getattr(integration, trainer_class)
     from datasets import Dataset
@@ -165,14 +166,54 @@ def test_two_grpo_steps_with_trl(tmp_path, trainer_class):
         learning_rate=1e-4, max_steps=2, beta=0.0, loss_type="dapo", scale_rewards="group", use_cpu=True,
         bf16=False, report_to="none", save_strategy="no", logging_steps=1, disable_tqdm=True, seed=0,
         dataloader_num_workers=0)
-    trainer = cls(model=model, reward_funcs=[_reward()], args=config, train_dataset=Dataset.from_list(rows),
-                  processing_class=AutoTokenizer.from_pretrained(path))
+    trainer = cls(model=model, reward_funcs=[_reward(credit_assignment=credit_assignment or "sequence")],
+                  args=config, train_dataset=Dataset.from_list(rows), processing_class=AutoTokenizer.from_pretrained(path))
     assert not getattr(trainer, "_fused_unsupported", [])  # SGPOGRPOTrainer runs the fused loss
+    shapes = []
+    generate = trainer._generate_and_score_completions
+    trainer._generate_and_score_completions = lambda inputs: shapes.append(generate(inputs)) or shapes[-1]
     trainer.train()
+    assert shapes and all(out["advantages"].dim() == (2 if credit_assignment else 1) for out in shapes)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == 2 and all(math.isfinite(h["loss"]) for h in logs)
     assert any("sgpo/judged" in h for h in trainer.state.log_history)
     assert any(not torch.equal(a, b.detach()) for a, b in zip(before, model.parameters()))
+
+
+def test_prefix_advantages_follow_the_first_wrong_step():
+    """SGPOReward(credit_assignment="prefix") + prefix_advantages, against the rule read off
+    the text: a positive advantage covers exactly the tokens that end before the first wrong
+    line starts, a negative one those that start before it ends; unjudged rows keep theirs."""
+    from transformers import AutoTokenizer
+
+    from sgpo_engine.integrations.trl import prefix_advantages
+    from sgpo_engine.judge import step_spans
+    from sgpo_engine.model.tokenizer import Tokenizer
+    hf = AutoTokenizer.from_pretrained(tasks.warm_start_path(train_if_missing=False, log=None))
+    prompts, completions, answers, _ = _case()
+    reward = _reward(credit_assignment="prefix")
+    reward(prompts=prompts, completions=completions, answer=answers)
+    ids = [hf(c, add_special_tokens=False)["input_ids"] for c in completions]
+    T = max(map(len, ids)) + 3
+    completion_ids = torch.tensor([x + [hf.pad_token_id] * (T - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * 3)
+    out = prefix_advantages(reward, advantages, completion_ids, mask, Tokenizer(hf.backend_tokenizer))
+    assert out.shape == (12, T)
+    for i, (text, x) in enumerate(zip(completions, ids)):
+        a = float(advantages[i])
+        row = out[i]
+        reach = int((row != 0).sum())
+        assert (row[:reach] == a).all() and (row[reach:] == 0).all()
+        if i >= 4:  # mixed and all-correct groups: not judged, sequence level
+            assert reach == len(x)
+            continue
+        start, end = step_spans(text, "line")[i]  # group 0: first wrong line = i
+        written = lambda k: len(hf.decode(x[:k]))
+        if a > 0:
+            assert written(reach) <= start < written(reach + 1)
+        else:
+            assert written(reach - 1) < end <= written(reach)
 
 
 # ---------------------------------------------------------------- SGPOGRPOTrainer: the fused loss inside TRL

@@ -35,7 +35,7 @@ import torch
 from .. import ops
 from ..judge import sgpo_rewards
 from ..judge import verify as verify_answer
-from ..options import CREDITS, SCOPES, check_choice
+from ..options import CREDIT_ASSIGNMENTS, CREDITS, SCOPES, check_choice
 
 
 def completion_text(completion) -> str:
@@ -92,9 +92,11 @@ class SGPOReward:
     def __init__(self, judge, *, verifier: Optional[Callable] = None, answer_field: str = "answer",
                  scope: str = "all_negative", credit: str = "sigmoid", beta: float = 5.0, gamma: float = 0.5,
                  credit_scale: float = 0.5, correct_reward: float = 1.0, incorrect_reward: float = 0.0,
-                 num_generations: Optional[int] = None, reference_field: Optional[str] = None):
+                 num_generations: Optional[int] = None, reference_field: Optional[str] = None,
+                 credit_assignment: str = "sequence"):
         check_choice("scope", scope, SCOPES)
         check_choice("credit", credit, CREDITS)
+        check_choice("credit_assignment", credit_assignment, CREDIT_ASSIGNMENTS)
         if scope != "off" and judge is None:
             raise ValueError(f"judge: scope {scope!r} needs a judge (or pass scope='off')")
         for name, v in (("beta", beta), ("gamma", gamma), ("credit_scale", credit_scale),
@@ -109,6 +111,8 @@ class SGPOReward:
         self.beta, self.gamma, self.credit_scale = float(beta), float(gamma), float(credit_scale)
         self.correct_reward, self.incorrect_reward = float(correct_reward), float(incorrect_reward)
         self.num_generations = num_generations
+        self.credit_assignment = credit_assignment
+        self.last_judged: list = []  # prefix credit: (completion text, Verdict | None) of the last call's completions
         self.__name__ = "sgpo"  # TRL names the reward column after it
 
     def __call__(self, prompts, completions, log_metric: Optional[Callable] = None, **kwargs) -> list[float]:
@@ -122,7 +126,7 @@ class SGPOReward:
                  for i, (p, c, a) in enumerate(zip(prompts, completions, kwargs[self.answer_field]))]
         dist, rank, world = _world()
         if dist is None:
-            rewards, stats = self.rewards(local)
+            rewards, stats, verdicts = self.rewards(local)
             start = 0
         else:
             parts = [None] * world
@@ -130,14 +134,16 @@ class SGPOReward:
             start = sum(len(p) for p in parts[:rank])
             box = [self.rewards([x for p in parts for x in p]) if rank == 0 else None]
             dist.broadcast_object_list(box, src=0)  # judged once, on rank 0
-            rewards, stats = box[0]
+            rewards, stats, verdicts = box[0]
         if log_metric is not None:
             for name, value in stats.items():
                 log_metric(f"sgpo/{name}", value)
+        self.last_judged = [(row[1], v) for row, v in zip(local, verdicts[start:start + len(local)])]
         return rewards[start:start + len(local)]
 
-    def rewards(self, rows: list[tuple]) -> tuple[list[float], dict]:
-        """SGPO rewards of whole groups: rows (problem, completion, answer, reference)."""
+    def rewards(self, rows: list[tuple]) -> tuple[list[float], dict, list]:
+        """SGPO rewards of whole groups: rows (problem, completion, answer, reference).
+        Returns (rewards [N], the logged stats, verdicts [N]: a Verdict where judged, else None)."""
         offsets = group_offsets([r[0] for r in rows], self.num_generations)
         groups = [[rows[i][1] for i in range(a, b)] for a, b in zip(offsets, offsets[1:])]
         firsts = [rows[a] for a in offsets[:-1]]
@@ -152,4 +158,31 @@ class SGPOReward:
         stats = {"judged": float(out.judged), "judge_failures": float(out.failed),
                  "all_negative_frac": float(adv.all_negative.float().mean()),
                  "credited_frac": float((~torch.isnan(out.rts)).sum()) / n}
-        return adv.rewards.tolist(), stats
+        return adv.rewards.tolist(), stats, out.verdicts
+
+
+def prefix_advantages(reward: SGPOReward, advantages: torch.Tensor, completion_ids: torch.Tensor,
+                      completion_mask: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Step-level credit (docs/design.md 1.6) of the completions `reward` scored last:
+    advantages [B] -> [B, T], each judged response's advantage reaching only the tokens
+    before its first wrong step (positive) or through it (negative); the others keep it on
+    every token. completion_ids, completion_mask [B, T]; tokenizer: sgpo_engine's Tokenizer."""
+    from ..train.credit import prefix_reach, token_advantages  # train/ loads only on this path
+
+    B, T = completion_ids.shape
+    if len(reward.last_judged) != B:
+        raise ValueError(f"advantages: {B} completions, but the SGPOReward's last call scored "
+                         f"{len(reward.last_judged)}")
+    lengths = completion_mask.sum(dim=1).tolist()
+    completions = [_Completion(completion_ids[i, :int(n)].tolist(), text)
+                   for i, (n, (text, _)) in enumerate(zip(lengths, reward.last_judged))]
+    verdicts = [v for _, v in reward.last_judged]
+    reach, _ = prefix_reach(completions, verdicts, [v is not None for v in verdicts], advantages.tolist(),
+                            tokenizer, getattr(reward.judge, "step_mode", "paragraph"))
+    starts = torch.zeros(B, dtype=torch.long, device=advantages.device)
+    return token_advantages(advantages, torch.tensor(reach, device=advantages.device), starts, T)
+
+
+class _Completion:  # what prefix_reach reads of a completion
+    def __init__(self, token_ids: list, text: str):
+        self.token_ids, self.text = token_ids, text

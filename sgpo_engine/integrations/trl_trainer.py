@@ -14,8 +14,10 @@ sequence level, with clip-higher (epsilon_high), delta, and beta against TRL's
 reference model (with or without use_bias_correction_kl); tests/test_integration_trl.py checks loss and gradients
 against GRPOTrainer's own on the same batch.
 
-Advantages of shape [B, T] (per-token, e.g. prefix credit from a subclass's
-_generate_and_score_completions) are passed through as TRL itself does.
+Advantages of shape [B, T] are passed through as TRL itself does. With an
+SGPOReward(credit_assignment="prefix") among the reward functions, the trainer
+makes them: `_generate_and_score_completions` turns TRL's [B] advantages into
+step-level credit (docs/design.md 1.6) from that reward's verdicts.
 
 The features the op does not have fall back to TRL's own loss for the whole
 run, with one warning: loss types luspo and vespo, top_entropy_quantile < 1,
@@ -32,6 +34,7 @@ import torch
 from trl import GRPOTrainer
 
 from .. import ops
+from .trl import SGPOReward, prefix_advantages
 
 FUSED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 _TOKEN_NORMALIZED = ("dapo", "cispo")  # divided by TRL's num_items_in_batch, not a per-batch count
@@ -44,6 +47,24 @@ class SGPOGRPOTrainer(GRPOTrainer):
         if self._fused_unsupported:
             warnings.warn(f"SGPOGRPOTrainer: {', '.join(self._fused_unsupported)}: using TRL's own loss "
                           "(the fused loss does not support this)", stacklevel=2)
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        prefix = [f for f in self.reward_funcs if isinstance(f, SGPOReward) and f.credit_assignment == "prefix"]
+        if prefix:
+            out["advantages"] = prefix_advantages(prefix[0], out["advantages"], out["completion_ids"],
+                                                  out["completion_mask"], self._offsets_tokenizer())
+        return out
+
+    def _offsets_tokenizer(self):
+        """sgpo_engine's Tokenizer over the processing class's fast tokenizer (decode_with_offsets)."""
+        if not hasattr(self, "_sgpo_tokenizer"):
+            from ..model.tokenizer import Tokenizer
+            hf = getattr(self.processing_class, "tokenizer", self.processing_class)
+            if not hasattr(hf, "backend_tokenizer"):
+                raise ValueError("processing_class: prefix credit needs a fast (tokenizers-backed) tokenizer")
+            self._sgpo_tokenizer = Tokenizer(hf.backend_tokenizer)
+        return self._sgpo_tokenizer
 
     def _unsupported_features(self) -> list[str]:
         text = self.model.config.get_text_config()
