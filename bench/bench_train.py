@@ -22,6 +22,8 @@ Engines:
   trl_grpo    trl.GRPOTrainer, reward = the same verifier
   trl_fused   the same with sgpo_engine's SGPOGRPOTrainer: TRL's trainer with
               the fused loss (not run by default; --engines trl_fused)
+  trl_liger   TRL's GRPOTrainer with use_liger_kernel=True: Liger's fused
+              linear GRPO loss (not run by default; --engines trl_liger)
 
 Phases of a step (seconds, then completion tokens / second):
   rollout   sampling the completions (ours: generate; TRL: model.generate)
@@ -163,12 +165,17 @@ class Ours:
 # ----------------------------------------------------------------------
 # TRL
 # ----------------------------------------------------------------------
-def run_trl(path, args, prompts_by_step, examples_log, between=(), fused=False):
+TRL_ENGINES = ("trl_grpo", "trl_fused", "trl_liger")
+
+
+def run_trl(path, args, prompts_by_step, examples_log, between=(), engine="trl_grpo"):
     import transformers
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    if engine == "trl_liger" and args.device == "cpu":
+        raise RuntimeError("trl_liger needs a GPU: use_liger_kernel patches the model with Liger's Triton kernels")
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -200,8 +207,9 @@ def run_trl(path, args, prompts_by_step, examples_log, between=(), fused=False):
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, loss_type="dapo", epsilon=0.2, scale_rewards="group",
         shuffle_dataset=False, gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=args.device == "cpu",
         max_steps=args.warmup + args.steps, logging_steps=1, report_to="none", save_strategy="no", seed=args.seed,
-        disable_tqdm=True, dataloader_num_workers=0, log_completions=False)
-    if fused:
+        disable_tqdm=True, dataloader_num_workers=0, log_completions=False,
+        use_liger_kernel=engine == "trl_liger")
+    if engine == "trl_fused":
         from sgpo_engine.integrations.trl import SGPOGRPOTrainer as GRPOTrainer  # noqa: F811
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
                           processing_class=tok)
@@ -278,7 +286,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: a shared 2-core CPU)")
     ap.add_argument("--no-trl", action="store_true", help="skip the TRL baseline")
     ap.add_argument("--engines", default=None,
-                    help="comma-separated subset of sgpo_grpo,sgpo_sgpo,trl_grpo,trl_fused")
+                    help="comma-separated subset of sgpo_grpo,sgpo_sgpo,trl_grpo,trl_fused,trl_liger")
     ap.add_argument("--dataset", default=BUILTIN, help="builtin:arith (default) or a .jsonl / .parquet file")
     ap.add_argument("--prompt-field", default="prompt")
     ap.add_argument("--chat-template", action="store_true", help="prompts as a user turn of the chat template")
@@ -315,7 +323,7 @@ def main(argv=None):
         seen = {name: [] for name in engines}
         scopes = {"sgpo_grpo": "off", "sgpo_sgpo": "all_negative"}
         ours = {name: Ours(path, args, scopes[name], seen[name]) for name in engines if name in scopes}
-        trl_engines = [n for n in ("trl_grpo", "trl_fused") if n in engines]
+        trl_engines = [n for n in TRL_ENGINES if n in engines]
         trl_error = None
         if args.no_trl or not trl_engines:
             trl_error = "skipped"
@@ -331,7 +339,7 @@ def main(argv=None):
             try:
                 report["results"][name] = run_trl(path, args, prompts_by_step, seen[name],
                                                   between=list(ours.values()) if i == 0 else [],
-                                                  fused=name == "trl_fused")
+                                                  engine=name)
             except Exception as e:
                 traceback.print_exc()
                 report["errors"][name] = f"TRL failed: {type(e).__name__}: {e}"
@@ -355,7 +363,7 @@ def main(argv=None):
     print(f"{'engine':10s} {'step s':>7s} {'step tok/s':>10s} {'rollout tok/s':>13s} {'reward tok/s':>12s} "
           f"{'update tok/s':>12s}   share rollout/reward/update/other   len   acc")
     fmt = lambda v: f"{v:.0f}" if v is not None else "-"
-    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_sgpo", "trl_grpo", "trl_fused") if name in R}
+    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_sgpo") + TRL_ENGINES if name in R}
     report["results"] = R
     for name, r in R.items():
         print(f"{name:10s} {r['step_seconds']:7.2f} {r['step_tokens_per_s']:10.0f} "
@@ -368,7 +376,7 @@ def main(argv=None):
     summary = {}
     if "trl_grpo" in R:
         t = R["trl_grpo"]
-        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo", "trl_fused") if n in R):
+        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo", "trl_fused", "trl_liger") if n in R):
             for key in ("step", "rollout", "update"):
                 summary[f"{name}_vs_trl_{key}_tokens_per_s"] = R[name][f"{key}_tokens_per_s"] / t[f"{key}_tokens_per_s"]
         print()

@@ -94,7 +94,10 @@ else
 fi
 step bench_ops 90 "$PY" bench/bench_ops.py --device "$DEV" $QUICK --out "$OUT/ops_$DEV.json"
 step bench_generate 90 "$PY" bench/bench_generate.py --device "$DEV" $QUICK --out "$OUT/generate_$DEV.json"
-step bench_train 150 "$PY" bench/bench_train.py --device "$DEV" --steps "$TRAIN_STEPS" --out "$OUT/train_$DEV.json"
+TRAIN_ENGINES=()  # on a GPU also TRL with our fused loss and TRL with Liger's (Triton: GPU only)
+[[ $MODE == gpu ]] && TRAIN_ENGINES=(--engines sgpo_grpo,sgpo_sgpo,trl_grpo,trl_fused,trl_liger)
+step bench_train 150 "$PY" bench/bench_train.py --device "$DEV" --steps "$TRAIN_STEPS" "${TRAIN_ENGINES[@]}" \
+  --out "$OUT/train_$DEV.json"
 if [[ $MODE == gpu ]]; then
   step bench_generate_large 90 "$PY" bench/bench_generate.py --device cuda --large --out "$OUT/generate_large_cuda.json"
 else
