@@ -19,7 +19,8 @@ against a baseline measured in the same run.
    gradient checkpointing: bench_train.py with one engine per process, so
    each process's peak RSS is its own; once with all P x G sequences in one
    forward/backward, once in micro-batches of 4 (both engines accumulate).
-   trl_fused: TRL's trainer with the fused loss (SGPOGRPOTrainer), same run.
+   trl_fused: TRL's trainer with the fused loss (SGPOGRPOTrainer), same run;
+   trl_liger (--train-engines, GPU only): TRL's trainer with use_liger_kernel.
 3. loss: fused_policy_loss forward + backward at 4096 tokens, H 576, V 49152
    (fp32) against TRL-style eager (full logits) and Liger's chunked loss:
    time (median, one process) and peak extra memory (a fresh process per
@@ -175,7 +176,7 @@ def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, 
         report[engine] = {**run["results"][engine], "peak_rss_bytes": run["peak_rss_bytes"]}
         report[engine].pop("per_step", None)
     trl = report.get("trl_grpo", {})
-    for name, prefix in (("sgpo_grpo", ""), ("trl_fused", "trl_fused_")):
+    for name, prefix in (("sgpo_grpo", ""), ("trl_fused", "trl_fused_"), ("trl_liger", "trl_liger_")):
         ours = report.get(name, {})
         if "step_seconds" in ours and "step_seconds" in trl:
             report[f"{prefix}speedup_vs_trl"] = ours["step_tokens_per_s"] / trl["step_tokens_per_s"]
@@ -246,7 +247,8 @@ def main(argv=None):
     ap.add_argument("--only", default="generate,train,loss")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--train-engines", default=None,
-                    help=f"engines of the train part, comma-separated (default: {','.join(TRAIN_ENGINES)})")
+                    help=f"engines of the train part, comma-separated (default: {','.join(TRAIN_ENGINES)}; "
+                         "trl_liger, TRL with use_liger_kernel, needs a GPU)")
     ap.add_argument("--train-micro", default=None,
                     help="micro-batch sizes of the train part, comma-separated (default: P x G, then 4)")
     ap.add_argument("--out", default=None)
