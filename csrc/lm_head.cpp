@@ -331,11 +331,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor ratio = at::exp(log_ratio);                                // [B]
     seq_ratio_r = ratio.index_select(0, seq_of_r);
     // d loss / d logp_t = (sum_t' w_t' d per_t' / d ratio) * ratio * mask_t / len
-    at::Tensor dratio_r = be.surrogate_dratio(seq_ratio_r, adv_r, w_r, clip);  // [N']
-    if (kl_coupled) {
-      const at::Tensor d = ref_r - logp_r;
-      dratio_r = dratio_r + w_r * beta * (at::exp(d) - d - 1.0);               // d(w beta k3 ratio) / d ratio
-    }
+    const at::Tensor dratio_r = be.surrogate_dratio(seq_ratio_r, adv_r, w_r, logp_r,            // [N']
+                                                    kl_coupled ? ref_r : at::Tensor(), beta, clip);
     const at::Tensor per_seq = at::zeros({B}, maskf.options()).index_add_(0, seq_of_r, dratio_r);
     seq_grad_r = (per_seq * ratio / lens).index_select(0, seq_of_r) * mask_r;
   }

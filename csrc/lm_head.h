@@ -49,9 +49,11 @@ struct RowArgs {
 // couple the tokens of a sequence (sequence-level importance sampling).
 struct LMHeadBackend {
   void (*rows)(const RowArgs&);
-  // weight * d surrogate / d ratio at each token: [n] -> [n]
-  at::Tensor (*surrogate_dratio)(const at::Tensor& ratio, const at::Tensor& adv,
-                                 const at::Tensor& weight, const SurrogateParams<double>& clip);
+  // weight * sequence_dloss_dratio at each token: ratio, adv, weight [n] -> [n];
+  // logp, ref [n] or undefined (then 0, and no KL term)
+  at::Tensor (*surrogate_dratio)(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
+                                 const at::Tensor& logp, const at::Tensor& ref, double beta,
+                                 const SurrogateParams<double>& clip);
 };
 
 // hidden [B, T, H], weight [V, H], bias [V]?, targets [B, T] int64,

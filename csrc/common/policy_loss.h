@@ -120,6 +120,16 @@ SGPO_HD T k3_kl_dlogp(T ref, T logp) {
   return T(1) - exp_(ref - logp);
 }
 
+// d(per-token loss) / d ratio of one token at sequence level, where the ratio is the
+// sequence's and couples its tokens: the surrogate's, plus with kl_times_ratio the
+// ratio-weighted KL's beta * k3 (has_ref). The caller multiplies by the token's weight.
+template <typename T>
+SGPO_HD T sequence_dloss_dratio(T logp, T ratio, T adv, bool has_ref, T ref, T beta, const SurrogateParams<T>& p) {
+  T d = surrogate(logp, ratio, adv, p).dloss_dratio;
+  if (has_ref && p.kl_times_ratio) d += beta * k3_kl(ref, logp);
+  return d;
+}
+
 template <typename T>
 struct TokenTerms {
   T loss;         // weight * per_token (weight folds in mask and aggregation)

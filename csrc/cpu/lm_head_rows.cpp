@@ -127,14 +127,20 @@ void rows(const RowArgs& a) {
 }
 
 at::Tensor surrogate_dratio(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
+                            const at::Tensor& logp, const at::Tensor& ref, double beta,
                             const SurrogateParams<double>& clip) {
   at::Tensor out = at::empty_like(ratio);
   AT_DISPATCH_FLOATING_TYPES(ratio.scalar_type(), "sgpo_surrogate_dratio", [&] {
     const SurrogateParams<scalar_t> c = clip.cast<scalar_t>();
     const scalar_t *r = ratio.data_ptr<scalar_t>(), *a = adv.data_ptr<scalar_t>(),
                    *w = weight.data_ptr<scalar_t>();
+    const scalar_t* lp = logp.defined() ? logp.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* rf = ref.defined() ? ref.data_ptr<scalar_t>() : nullptr;
     scalar_t* o = out.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < ratio.numel(); ++i) o[i] = w[i] * surrogate(scalar_t(0), r[i], a[i], c).dloss_dratio;
+    for (int64_t i = 0; i < ratio.numel(); ++i) {
+      o[i] = w[i] * sequence_dloss_dratio(lp ? lp[i] : scalar_t(0), r[i], a[i], rf != nullptr,
+                                          rf ? rf[i] : scalar_t(0), scalar_t(beta), c);
+    }
   });
   return out;
 }

@@ -176,21 +176,26 @@ void rows_cuda(const RowArgs& a) {
   });
 }
 
-// ratio, adv, weight, out: [n]
+// ratio, adv, weight, out: [n]; logp, ref: [n] or null
 template <typename T>
-__global__ void surrogate_dratio_kernel(const T* ratio, const T* adv, const T* weight, const SurrogateParams<T> clip,
-                                        T* out, int64_t n) {
+__global__ void surrogate_dratio_kernel(const T* ratio, const T* adv, const T* weight, const T* logp, const T* ref,
+                                        T beta, const SurrogateParams<T> clip, T* out, int64_t n) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    out[i] = weight[i] * surrogate(T(0), ratio[i], adv[i], clip).dloss_dratio;
+    out[i] = weight[i] * sequence_dloss_dratio(logp ? logp[i] : T(0), ratio[i], adv[i], ref != nullptr,
+                                               ref ? ref[i] : T(0), beta, clip);
   }
 }
 
-// ratio, adv, weight: [n] of one float dtype -> [n] weight * d surrogate / d ratio.
+// ratio, adv, weight: [n] of one float dtype, logp, ref: the same or undefined
+// -> [n] weight * sequence_dloss_dratio.
 at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv, const at::Tensor& weight,
+                                 const at::Tensor& logp, const at::Tensor& ref, double beta,
                                  const SurrogateParams<double>& clip) {
   TORCH_CHECK(ratio.is_cuda(), "surrogate_dratio: ratio: expected a CUDA tensor");
-  for (const auto& [t, name] : {std::pair{&adv, "adv"}, std::pair{&weight, "weight"}}) {
+  for (const auto& [t, name] : {std::pair{&adv, "adv"}, std::pair{&weight, "weight"}, std::pair{&logp, "logp"},
+                                std::pair{&ref, "ref"}}) {
+    if (!t->defined()) continue;  // logp, ref: optional
     TORCH_CHECK(t->sizes() == ratio.sizes(), "surrogate_dratio: ", name, ": expected shape ", ratio.sizes(),
                 ", got ", t->sizes());
     TORCH_CHECK(t->scalar_type() == ratio.scalar_type(), "surrogate_dratio: ", name, ": expected ",
@@ -198,6 +203,7 @@ at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv,
     TORCH_CHECK(t->device() == ratio.device(), "surrogate_dratio: ", name, ": expected device ", ratio.device());
   }
   const at::Tensor r = ratio.contiguous(), a = adv.contiguous(), w = weight.contiguous();
+  const at::Tensor lp = logp.defined() ? logp.contiguous() : logp, rf = ref.defined() ? ref.contiguous() : ref;
   at::Tensor out = at::empty_like(r);
   const int64_t n = r.numel();
   if (n == 0) return out;
@@ -206,8 +212,9 @@ at::Tensor surrogate_dratio_cuda(const at::Tensor& ratio, const at::Tensor& adv,
   const int64_t blocks = std::min<int64_t>((n + threads - 1) / threads, 4096);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "sgpo_surrogate_dratio", [&] {
     surrogate_dratio_kernel<scalar_t><<<blocks, threads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        r.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), clip.cast<scalar_t>(),
-        out.data_ptr<scalar_t>(), n);
+        r.data_ptr<scalar_t>(), a.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(),
+        lp.defined() ? lp.data_ptr<scalar_t>() : nullptr, rf.defined() ? rf.data_ptr<scalar_t>() : nullptr,
+        static_cast<scalar_t>(beta), clip.cast<scalar_t>(), out.data_ptr<scalar_t>(), n);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
