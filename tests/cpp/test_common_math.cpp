@@ -275,6 +275,20 @@ void test_k3_and_token_terms() {
                        loss_at(logp - h, old, adv, w, has_ref, ref, beta)) / (2 * h);
     CHECK_CLOSE(t.dloss_dlogp, fd, 1e-6);
   }
+  // Sequence level: d(per-token loss) / d (sequence ratio) by finite difference in the ratio,
+  // the KL term counted only when it is ratio-weighted.
+  for (int i = 0; i < 400; ++i) {
+    p.kl_times_ratio = i % 2 == 0;
+    const double logp = uniform(-6.0, -0.1), ratio = uniform(0.3, 3.0), adv = uniform(-2.0, 2.0);
+    const double ref = uniform(-6.0, -0.1), beta = uniform(0.0, 0.5);
+    const bool has_ref = i % 3 != 0;
+    if (std::fabs(ratio - 0.8) < 1e-4 || std::fabs(ratio - 1.28) < 1e-4 || std::fabs(ratio - 2.0) < 1e-4) continue;
+    const auto loss_of_ratio = [&](double r) {
+      return surrogate_loss(r, adv, p) + (has_ref && p.kl_times_ratio ? beta * sgpo::k3_kl(ref, logp) * r : 0.0);
+    };
+    const double fd = (loss_of_ratio(ratio + h) - loss_of_ratio(ratio - h)) / (2 * h);
+    CHECK_CLOSE(sgpo::sequence_dloss_dratio(logp, ratio, adv, has_ref, ref, beta, p), fd, 1e-6);
+  }
   p.kl_times_ratio = false;
   // Sequence level passes dratio_dlogp = 0: only the KL term depends on this token.
   const sgpo::TokenTerms<double> s = sgpo::policy_token_terms(-1.0, 1.1, 0.0, 1.0, 0.5, true, -1.5, 0.1, p);
