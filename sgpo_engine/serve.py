@@ -18,8 +18,12 @@ running one `generate` call per set of requests with identical sampling
 parameters (up to max_batch completions per call). A request with a seed runs
 alone, so its seed gives the same text whatever else is queued. Malformed
 requests get a 4xx JSON error {"error": {"message", "type"}}: bad JSON or
-fields (400), no Content-Length (411), a body over max_body_bytes (413),
-unknown route or model (404), wrong method (405).
+fields (400: also invalid Unicode such as a lone surrogate, JSON nested
+deeper than Python can parse, more than max_completions completions (prompts
+x n) in one request, a prompt too long for the context, refused by its size
+before it is tokenized), no Content-Length (411), a body not received in full
+within client_timeout seconds (408), a body over max_body_bytes (413), unknown
+route or model (404), wrong method (405).
 
 The server binds to loopback by default and has no authentication: bind
 another address only on a trusted network.
@@ -270,7 +274,11 @@ class Batcher:
 class Handler(BaseHTTPRequestHandler):
     server: "Server"
     server_version = "sgpo-serve"
-    timeout = 60  # seconds a client may take to send its request: idle sockets do not pin threads
+
+    def setup(self):
+        # seconds a client may take to send its request: idle sockets do not pin threads
+        self.timeout = self.server.client_timeout
+        super().setup()
 
     def log_message(self, fmt, *args):  # request lines go to the logger, not stderr
         log.debug("%s " + fmt, self.address_string(), *args)
@@ -344,11 +352,21 @@ class Handler(BaseHTTPRequestHandler):
         if n > self.server.max_body_bytes:
             self._drain(n)
             raise APIError(413, f"body of {n} bytes exceeds the limit of {self.server.max_body_bytes}")
-        raw = self.rfile.read(n)
+        try:
+            raw = self.rfile.read(n)
+        except TimeoutError:  # the client holds the socket open without sending the rest
+            self.close_connection = True
+            raise APIError(408, f"body: {n} bytes (Content-Length) not received within "
+                                f"{self.server.client_timeout:g} s", "timeout") from None
         if len(raw) != n:
             raise APIError(400, f"body: expected {n} bytes, got {len(raw)}")
         try:
             body = json.loads(raw.decode("utf-8"))
+            json.dumps(body, ensure_ascii=False).encode("utf-8")  # "\ud800" parses to a str no tokenizer takes
+        except RecursionError:
+            raise APIError(400, "body: JSON nested too deeply") from None
+        except UnicodeEncodeError as e:
+            raise APIError(400, f"body: invalid Unicode in a string ({e.reason}: {e.object[e.start:e.end]!r})") from None
         except (UnicodeDecodeError, ValueError) as e:
             raise APIError(400, f"body: invalid JSON ({e})") from None
         if not isinstance(body, dict):
@@ -385,6 +403,8 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         msgs = _messages(body)
         params = self._params(body)
+        self._check_completions(1, params)
+        self._check_text_size("messages", sum(len(m["content"]) for m in msgs))
         ids = self.server.encode_chat(msgs)
         group = self._generate([ids], params)[0]
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
@@ -395,6 +415,10 @@ class Handler(BaseHTTPRequestHandler):
         body = self._body()
         prompts = _prompts(body)
         params = self._params(body)
+        self._check_completions(len(prompts), params)
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                self._check_text_size(f"prompt {i}", len(p))
         ids = [self.server.encode_text(p) if isinstance(p, str) else p for p in prompts]
         groups = self._generate(ids, params)
         choices = [{"index": i * params["num_samples"] + j, "text": c.text, "logprobs": None,
@@ -405,6 +429,19 @@ class Handler(BaseHTTPRequestHandler):
     def _params(self, body: dict) -> dict:
         s = self.server
         return sampling_params(body, s.default_max_tokens, s.max_n, s.context)
+
+    def _check_completions(self, prompts: int, params: dict) -> None:
+        total, cap = prompts * params["num_samples"], self.server.max_completions
+        if total > cap:
+            raise APIError(400, f"n: {prompts} prompt(s) x n = {params['num_samples']} asks for {total} "
+                                f"completions; the limit per request is {cap}")
+
+    def _check_text_size(self, where: str, chars: int) -> None:
+        """Refuses text that cannot fit the context before tokenizing it (Tokenizer.max_token_chars)."""
+        s = self.server
+        if chars > s.context * s.max_token_chars:
+            raise APIError(400, f"{where}: {chars} characters cannot fit the model's context of {s.context} "
+                                f"tokens (this tokenizer needs a token per {s.max_token_chars} characters at least)")
 
     def _generate(self, ids: list[list[int]], params: dict) -> list:
         s = self.server
@@ -444,13 +481,16 @@ class Server(ThreadingHTTPServer):
 
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, *, model_name: Optional[str] = None,
                  max_batch: int = 64, max_body_bytes: int = 4 << 20, default_max_tokens: int = 256,
-                 max_n: int = 64, request_timeout: float = 600.0, generate_fn: Optional[Callable] = None):
+                 max_n: int = 64, max_completions: int = 256, request_timeout: float = 600.0,
+                 client_timeout: float = 60.0, generate_fn: Optional[Callable] = None):
         if policy.tokenizer is None:
             raise ValueError("policy: the served model needs a tokenizer (tokenizer.json)")
         self.policy, self.model_name = policy, model_name or "sgpo-model"
         self.context = int(policy.config.max_position_embeddings)
         self.max_body_bytes, self.default_max_tokens = max_body_bytes, default_max_tokens
         self.max_n, self.request_timeout, self.created = max_n, request_timeout, int(time.time())
+        self.max_completions, self.client_timeout = max_completions, client_timeout
+        self.max_token_chars = policy.tokenizer.max_token_chars()
         if generate_fn is None:
             from .generation import generate
 
@@ -520,6 +560,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=4 << 20, help="largest request body accepted")
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     p.add_argument("--max-n", type=int, default=64, help="largest n accepted")
+    p.add_argument("--max-completions", type=int, default=256, help="most completions (prompts x n) per request")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--log-level", default="INFO")
 
@@ -535,7 +576,8 @@ def _run(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, dtype=args.dtype, device=args.device)
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     server = Server(policy, args.host, args.port, model_name=name, max_batch=args.max_batch,
-                    max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens, max_n=args.max_n)
+                    max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
+                    max_completions=args.max_completions)
     print(f"sgpo serve: {name} at {server.url}", flush=True)
     try:
         server.serve_forever()

@@ -213,6 +213,48 @@ def test_oversized_body_and_missing_length():
         assert request(s.url + "/models")[0] == 200
 
 
+def test_inputs_that_once_raised_are_named_4xx(server):
+    """Each of these answered 500 (a TypeError, a RecursionError, a timeout) before."""
+    url = server.url
+    lone = b'{"messages": [{"role": "user", "content": "1+\\ud800="}], "max_tokens": 2}'
+    assert "Unicode" in _error(request(url + "/chat/completions", "POST", raw=lone), 400)
+    assert "Unicode" in _error(request(url + "/completions", "POST", raw=b'{"prompt": "\\udfff", "max_tokens": 2}'), 400)
+    deep = b'{"prompt": ' + b"[" * 2000 + b"]" * 2000 + b"}"
+    assert "nested" in _error(request(url + "/completions", "POST", raw=deep), 400)
+    assert request(url + "/models")[0] == 200
+
+
+def test_body_shorter_than_its_length_is_a_408():
+    with serving(client_timeout=1.0) as s:
+        host, port = s.server_address[:2]
+        with socket.create_connection((host, port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n{\"prompt\": ")  # then silence, socket held open
+            reply = sock.makefile("rb").read().decode("latin-1")
+        assert reply.split()[1] == "408" and "not received" in reply, reply
+        assert request(s.url + "/models")[0] == 200
+
+
+def test_completions_per_request_are_capped(server):
+    body = {"prompt": ["1+1="] * 16, "n": 17, "max_tokens": 1}  # 272 > the default 256
+    assert "limit per request is 256" in _error(request(server.url + "/completions", "POST", body), 400)
+    chat = {**CHAT_OK, "n": 9}
+    with serving(max_completions=8) as s:
+        assert "limit per request is 8" in _error(request(s.url + "/chat/completions", "POST", chat), 400)
+        assert request(s.url + "/chat/completions", "POST", {**CHAT_OK, "n": 8})[0] == 200
+
+
+def test_a_prompt_too_long_for_the_context_is_refused_before_tokenizing():
+    with serving() as s:
+        def no_tokenizing(*a, **k):
+            raise AssertionError("tokenized")
+        s.encode_text = s.encode_chat = no_tokenizing
+        long = "x" * (CONTEXT * s.max_token_chars + 1)
+        assert "cannot fit" in _error(request(s.url + "/completions", "POST", {"prompt": long, "max_tokens": 1}), 400)
+        msgs = {"messages": [{"role": "user", "content": long}]}
+        assert "cannot fit" in _error(request(s.url + "/chat/completions", "POST", msgs), 400)
+
+
 # ---------------------------------------------------------------------------
 # batching
 # ---------------------------------------------------------------------------

@@ -128,6 +128,16 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.vocab_size
 
+    def max_token_chars(self) -> int:
+        """An upper bound on the characters of input text one token can stand for, so that
+        len(text) / max_token_chars() tokens at least are needed: the longest vocabulary
+        entry (byte-level entries hold one character a byte), + 1 for a space a decoder
+        or pre-tokenizer adds, x 4 for a normalizer that composes characters (NFC/NFKC)."""
+        if not hasattr(self, "_max_token_chars"):
+            longest = max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
+            self._max_token_chars = 4 * (longest + 1)
+        return self._max_token_chars
+
     def token_to_id(self, token: str) -> Optional[int]:
         return self._tok.token_to_id(token)
 
