@@ -4,13 +4,23 @@
     python -m sgpo_engine.serve --model DIR ...
 
 Routes: GET /v1/models, POST /v1/chat/completions, POST /v1/completions,
-GET /health. Request fields: model (optional; must name the served model),
+GET /health, and SGLang's POST /update_weights_from_disk (below). Request fields: model (optional; must name the served model),
 messages (chat: role + text content, or a list of {"type": "text"} parts) or
 prompt (completions: a string, a list of strings, token ids, or lists of token
 ids), max_tokens (or max_completion_tokens), temperature, top_p, top_k (-1 or
 0 = off), min_p, n, stop (a string or a list), seed. Other OpenAI fields are
 ignored; "stream": true is refused. Replies carry choices[].message.content
-(chat) or choices[].text, finish_reason ("stop" | "length") and usage.
+(chat) or choices[].text, finish_reason ("stop" | "length"), usage, and the
+weight_version that generated them (also in /v1/models).
+
+Weight updates (a trainer keeping this server on-policy), SGLang's contract:
+POST /update_weights_from_disk {"model_path": DIR, "weight_version": "N"}
+answers {"success": bool, "message": str}. The handler reads DIR's
+safetensors (in the served dtype and device) and checks every tensor's name and
+shape against the served model; a missing folder or any mismatch is a 400 and
+the old weights keep serving. Then the worker thread copies the new weights in
+between two generate calls: requests it is already running finish on the old
+weights, later ones run on the new. weight_version is kept when not given.
 
 Requests are tokenized in their handler thread (so a bad prompt is a 400 at
 once), then queued; one worker thread owns the model and drains the queue,
@@ -53,7 +63,8 @@ log = logging.getLogger("sgpo_engine.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # path -> (method, handler method name)
 ROUTES = {"/v1/models": ("GET", "_models"), "/health": ("GET", "_health"),
-          "/v1/chat/completions": ("POST", "_chat_completions"), "/v1/completions": ("POST", "_completions")}
+          "/v1/chat/completions": ("POST", "_chat_completions"), "/v1/completions": ("POST", "_completions"),
+          "/update_weights_from_disk": ("POST", "_update_weights_from_disk")}
 _DRAIN_LIMIT = 16 << 20  # an oversized body up to this size is read and dropped, so the client sees the 413
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -165,15 +176,17 @@ def sampling_params(body: dict, default_max_tokens: int, max_n: int, context: in
 # batching: a queue of jobs drained by the one thread that runs the model
 # ---------------------------------------------------------------------------
 class Job:
-    def __init__(self, prompts: list[list[int]], params: dict):
+    def __init__(self, prompts: list[list[int]], params: dict, fn: Optional[Callable] = None):
         self.prompts, self.params = prompts, params
-        self.result: Optional[list] = None   # one list of Completions per prompt
+        self.fn = fn                           # a barrier: run alone, between generate calls
+        self.result: Optional[list] = None   # one list of Completions per prompt (a barrier: fn's value)
         self.error: Optional[BaseException] = None
+        self.weight_version: Optional[str] = None  # what generated the result
         self.done = threading.Event()
 
     @property
     def size(self) -> int:
-        return len(self.prompts) * self.params["num_samples"]
+        return 0 if self.fn is not None else len(self.prompts) * self.params["num_samples"]
 
     def key(self):
         """Jobs with equal keys can share one generate call; a seeded job shares with none."""
@@ -189,16 +202,19 @@ class Job:
 class Batcher:
     """Runs jobs through `generate_fn(prompts, **params)` on one worker thread."""
 
-    def __init__(self, generate_fn: Callable, max_batch: int = 64):
+    def __init__(self, generate_fn: Callable, max_batch: int = 64, weight_version: str = "0"):
         self.generate_fn, self.max_batch = generate_fn, max_batch
+        self.weight_version = weight_version  # changed only on the worker thread, by a barrier job
         self._queue: "queue.Queue[Optional[Job]]" = queue.Queue()
         self._closed = False
         self._lock = threading.Lock()  # no job slips into the queue after close() drained it
         self._thread = threading.Thread(target=self._loop, name="sgpo-serve-worker", daemon=True)
         self._thread.start()
 
-    def submit(self, prompts: list[list[int]], params: dict) -> Job:
-        job = Job(prompts, params)
+    def submit(self, prompts: list[list[int]], params: dict, fn: Optional[Callable] = None) -> Job:
+        """Queues a generate job, or with `fn` a barrier that runs fn() on the worker thread
+        after every job queued before it and before any queued after it."""
+        job = Job(prompts, params, fn)
         with self._lock:
             if self._closed:
                 job.finish(error=APIError(503, "server is shutting down", "service_unavailable"))
@@ -225,6 +241,9 @@ class Batcher:
             job, carry = (carry, None) if carry is not None else (self._queue.get(), None)
             if job is None:
                 return
+            if job.fn is not None:
+                self._barrier(job)
+                continue
             jobs, total, stop = [job], job.size, False
             while total < self.max_batch:  # take what else is waiting, without blocking
                 try:
@@ -234,7 +253,7 @@ class Batcher:
                 if nxt is None:
                     stop = True
                     break
-                if total + nxt.size > self.max_batch:
+                if nxt.fn is not None or total + nxt.size > self.max_batch:
                     carry = nxt
                     break
                 jobs.append(nxt)
@@ -246,8 +265,15 @@ class Batcher:
                 self._run(group)
             if stop:
                 if carry is not None:
-                    self._run([carry])
+                    self._barrier(carry) if carry.fn is not None else self._run([carry])
                 return
+
+    @staticmethod
+    def _barrier(job: Job) -> None:
+        try:
+            job.finish(result=job.fn())
+        except Exception as e:
+            job.finish(error=e)
 
     def _run(self, jobs: list[Job]) -> None:
         """One generate call for jobs with the same parameters; if it fails, each
@@ -264,6 +290,7 @@ class Batcher:
             return
         start = 0
         for j in jobs:
+            j.weight_version = self.weight_version
             j.finish(result=out[start:start + len(j.prompts)])
             start += len(j.prompts)
 
@@ -310,7 +337,8 @@ class Handler(BaseHTTPRequestHandler):
             allowed, handler = ROUTES[path]
             if method != allowed:
                 raise APIError(405, f"{path} accepts {allowed}, not {method}", "method_not_allowed")
-            status, payload = 200, getattr(self, handler)()
+            payload = getattr(self, handler)()
+            status, payload = payload if isinstance(payload, tuple) else (200, payload)
         except APIError as e:
             status, payload = e.status, {"error": {"message": e.message, "type": e.type}}
             if e.status == 405:
@@ -397,7 +425,27 @@ class Handler(BaseHTTPRequestHandler):
     def _models(self) -> dict:
         s = self.server
         return {"object": "list", "data": [{"id": s.model_name, "object": "model", "created": s.created,
-                                            "owned_by": "sgpo-engine", "max_model_len": s.context}]}
+                                            "owned_by": "sgpo-engine", "max_model_len": s.context,
+                                            "weight_version": s.batcher.weight_version}]}
+
+    def _update_weights_from_disk(self):
+        body = self._body()
+        path, version = body.get("model_path"), body.get("weight_version")
+        if not isinstance(path, str) or not path:
+            raise APIError(400, "model_path: expected the path of a model folder the server can read")
+        if version is not None and not isinstance(version, (str, int)) or isinstance(version, bool):
+            raise APIError(400, f"weight_version: expected a string, got {version!r}")
+        try:
+            state = self.server.read_weights(path)
+        except ValueError as e:  # io's checks and ours name the file or tensor
+            return 400, {"success": False, "message": str(e)}
+        job = self.server.batcher.submit([], {}, fn=lambda: self.server.swap_weights(
+            state, None if version is None else str(version)))
+        if not job.done.wait(self.server.request_timeout):
+            return 504, {"success": False, "message": "the worker did not reach the update in time"}
+        if job.error is not None:
+            return 500, {"success": False, "message": f"{type(job.error).__name__}: {job.error}"}
+        return 200, {"success": True, "message": f"loaded {path}", "weight_version": job.result}
 
     def _chat_completions(self) -> dict:
         body = self._body()
@@ -406,10 +454,11 @@ class Handler(BaseHTTPRequestHandler):
         self._check_completions(1, params)
         self._check_text_size("messages", sum(len(m["content"]) for m in msgs))
         ids = self.server.encode_chat(msgs)
-        group = self._generate([ids], params)[0]
+        job = self._generate([ids], params)
+        group = job.result[0]
         choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
                     "finish_reason": c.finish_reason} for i, c in enumerate(group)]
-        return self._completion("chatcmpl", "chat.completion", choices, [ids], [group])
+        return self._completion("chatcmpl", "chat.completion", choices, [ids], job)
 
     def _completions(self) -> dict:
         body = self._body()
@@ -420,10 +469,10 @@ class Handler(BaseHTTPRequestHandler):
             if isinstance(p, str):
                 self._check_text_size(f"prompt {i}", len(p))
         ids = [self.server.encode_text(p) if isinstance(p, str) else p for p in prompts]
-        groups = self._generate(ids, params)
+        job = self._generate(ids, params)
         choices = [{"index": i * params["num_samples"] + j, "text": c.text, "logprobs": None,
-                    "finish_reason": c.finish_reason} for i, g in enumerate(groups) for j, c in enumerate(g)]
-        return self._completion("cmpl", "text_completion", choices, ids, groups)
+                    "finish_reason": c.finish_reason} for i, g in enumerate(job.result) for j, c in enumerate(g)]
+        return self._completion("cmpl", "text_completion", choices, ids, job)
 
     # ------------------------------------------------------------------ helpers
     def _params(self, body: dict) -> dict:
@@ -443,7 +492,7 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(400, f"{where}: {chars} characters cannot fit the model's context of {s.context} "
                                 f"tokens (this tokenizer needs a token per {s.max_token_chars} characters at least)")
 
-    def _generate(self, ids: list[list[int]], params: dict) -> list:
+    def _generate(self, ids: list[list[int]], params: dict) -> Job:
         s = self.server
         for i, p in enumerate(ids):
             if not p:
@@ -460,13 +509,13 @@ class Handler(BaseHTTPRequestHandler):
             raise APIError(400, str(job.error))
         if job.error is not None:
             raise job.error
-        return job.result
+        return job
 
-    def _completion(self, prefix: str, obj: str, choices: list, ids: list, groups: list) -> dict:
+    def _completion(self, prefix: str, obj: str, choices: list, ids: list, job: Job) -> dict:
         prompt_tokens = sum(len(p) for p in ids)
-        completion_tokens = sum(len(c.token_ids) for g in groups for c in g)
+        completion_tokens = sum(len(c.token_ids) for g in job.result for c in g)
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
-                "model": self.server.model_name, "choices": choices,
+                "model": self.server.model_name, "weight_version": job.weight_version, "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
@@ -482,7 +531,7 @@ class Server(ThreadingHTTPServer):
     def __init__(self, policy, host: str = "127.0.0.1", port: int = 8000, *, model_name: Optional[str] = None,
                  max_batch: int = 64, max_body_bytes: int = 4 << 20, default_max_tokens: int = 256,
                  max_n: int = 64, max_completions: int = 256, request_timeout: float = 600.0,
-                 client_timeout: float = 60.0, generate_fn: Optional[Callable] = None):
+                 client_timeout: float = 60.0, weight_version: str = "0", generate_fn: Optional[Callable] = None):
         if policy.tokenizer is None:
             raise ValueError("policy: the served model needs a tokenizer (tokenizer.json)")
         self.policy, self.model_name = policy, model_name or "sgpo-model"
@@ -496,7 +545,7 @@ class Server(ThreadingHTTPServer):
 
             def generate_fn(prompts, **params):
                 return generate(policy, prompts, **params)
-        self.batcher = Batcher(generate_fn, max_batch)
+        self.batcher = Batcher(generate_fn, max_batch, weight_version)
         if host not in LOOPBACK:
             log.warning("binding %s: the server has no authentication; anyone who can reach it can use it", host)
         try:
@@ -512,6 +561,31 @@ class Server(ThreadingHTTPServer):
         host, port = self.server_address[:2]
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/v1"
+
+    def read_weights(self, path: str) -> dict:
+        """A model folder's tensors in the served dtype and device, checked against the served
+        model name by name and shape (ValueError naming the first difference)."""
+        from .model.io import read_folder
+        _, decoder, _, _ = read_folder(path, dtype=self.policy.dtype, device=self.policy.device, tokenizer=False)
+        new, old = decoder.state_dict(), self.policy.state_dict()
+        for name in sorted(set(old) | set(new)):
+            if name not in new or name not in old:
+                raise ValueError(f"{path}: tensor {name} is {'missing' if name not in new else 'not in the served model'}")
+            if new[name].shape != old[name].shape:
+                raise ValueError(f"{path}: tensor {name}: shape {tuple(new[name].shape)}, the served model's is "
+                                 f"{tuple(old[name].shape)}")
+        return new
+
+    def swap_weights(self, state: dict, version: Optional[str]) -> str:
+        """Copies `state` into the served model; runs on the worker thread, between generate calls."""
+        import torch
+        with torch.no_grad():
+            for name, t in self.policy.state_dict().items():
+                t.copy_(state[name])
+        if version is not None:
+            self.batcher.weight_version = version
+        log.info("weights updated (weight_version %s)", self.batcher.weight_version)
+        return self.batcher.weight_version
 
     # tokenization happens in the handler thread, so a bad prompt is a 400 before queueing
     def encode_chat(self, messages: list[dict]) -> list[int]:
@@ -561,6 +635,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--default-max-tokens", type=int, default=256, help="max_tokens when a request gives none")
     p.add_argument("--max-n", type=int, default=64, help="largest n accepted")
     p.add_argument("--max-completions", type=int, default=256, help="most completions (prompts x n) per request")
+    p.add_argument("--weight-version", default="0", help="the weight_version reported until an update")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: OMP_NUM_THREADS, else all CPUs)")
     p.add_argument("--log-level", default="INFO")
 
@@ -577,7 +652,7 @@ def _run(args: argparse.Namespace) -> int:
     name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     server = Server(policy, args.host, args.port, model_name=name, max_batch=args.max_batch,
                     max_body_bytes=args.max_body_bytes, default_max_tokens=args.default_max_tokens, max_n=args.max_n,
-                    max_completions=args.max_completions)
+                    max_completions=args.max_completions, weight_version=args.weight_version)
     print(f"sgpo serve: {name} at {server.url}", flush=True)
     try:
         server.serve_forever()

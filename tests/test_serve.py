@@ -383,3 +383,97 @@ def test_add_parser_and_main_arguments():
     assert args.host == "127.0.0.1" and args.port == 8000 and callable(args.func)
     with pytest.raises(SystemExit):
         main(["--port", "1"])  # --model is required
+
+
+# ---------------------------------------------------------------------------
+# weight updates (SGLang's /update_weights_from_disk)
+# ---------------------------------------------------------------------------
+def _variant(path, seed, **changes) -> str:
+    """The tiny chat model's architecture (with `changes`) at another random init, saved to path."""
+    import dataclasses
+
+    from sgpo_engine.model import Policy, Tokenizer
+    base = tiny_chat_policy()
+    cfg = dataclasses.replace(base.config, **changes)
+    Policy.from_config(cfg, Tokenizer.from_folder(tiny_chat_model_dir()), seed=seed).save(str(path))
+    return str(path)
+
+
+GREEDY = {"prompt": [[5, 6, 7, 8]], "max_tokens": 8, "temperature": 0}
+
+
+def _greedy(s) -> tuple[str, str]:
+    status, body = request(s.url + "/completions", "POST", GREEDY)
+    assert status == 200, body
+    return body["choices"][0]["text"], body["weight_version"]
+
+
+def _update(s, body):
+    return request(s.url[:-len("/v1")] + "/update_weights_from_disk", "POST", body)
+
+
+def _generate_direct(path) -> str:
+    import sgpo_engine
+    return sgpo_engine.generate(sgpo_engine.load(path), GREEDY["prompt"], max_new_tokens=8, temperature=0)[0][0].text
+
+
+def test_update_weights_from_disk_serves_the_new_weights(tmp_path):
+    import sgpo_engine
+    with serving(sgpo_engine.load(tiny_chat_model_dir())) as s:  # its own copy: the update writes into it
+        before, version = _greedy(s)
+        assert version == "0" and request(s.url + "/models")[1]["data"][0]["weight_version"] == "0"
+        new = _variant(tmp_path / "v1", seed=1)
+        status, body = _update(s, {"model_path": new, "weight_version": "1"})
+        assert status == 200 and body["success"] is True and body["weight_version"] == "1", body
+        after, version = _greedy(s)
+        assert version == "1" and request(s.url + "/models")[1]["data"][0]["weight_version"] == "1"
+        assert after == _generate_direct(new) and after != before  # on-policy: the trainer's own greedy text
+        status, body = _update(s, {"model_path": tiny_chat_model_dir()})  # no weight_version: kept
+        assert status == 200 and body["weight_version"] == "1"
+        assert _greedy(s) == (before, "1")
+
+
+def test_a_failed_update_keeps_the_old_weights(tmp_path):
+    import sgpo_engine
+    with serving(sgpo_engine.load(tiny_chat_model_dir())) as s:
+        before = _greedy(s)
+        wider = _variant(tmp_path / "wide", seed=1, hidden_size=48)
+        for body, needle in (({"model_path": str(tmp_path / "nope"), "weight_version": "1"}, "not found"),
+                             ({"model_path": wider, "weight_version": "1"}, "shape"),
+                             ({"weight_version": "1"}, "model_path"),
+                             ({"model_path": wider, "weight_version": True}, "weight_version")):
+            status, reply = _update(s, body)
+            assert status == 400, reply
+            message = reply.get("message") or reply["error"]["message"]
+            assert needle in message and reply.get("success") in (False, None), reply
+        assert _greedy(s) == before
+
+
+def test_requests_in_flight_finish_on_the_old_weights(tmp_path):
+    import sgpo_engine
+    from sgpo_engine.generation import generate
+    policy = sgpo_engine.load(tiny_chat_model_dir())
+    entered, gate = threading.Event(), threading.Event()
+
+    def gated_generate(prompts, **params):  # the first call waits, in flight, until the update is queued
+        if not entered.is_set():
+            entered.set()
+            gate.wait(60)
+        return generate(policy, prompts, **params)
+
+    with serving(policy, generate_fn=gated_generate) as s:
+        new = _variant(tmp_path / "v1", seed=1)
+        results = {}
+        first = threading.Thread(target=lambda: results.setdefault("first", _greedy(s)))
+        first.start()
+        assert entered.wait(30)
+        update = threading.Thread(target=lambda: results.setdefault("update", _update(
+            s, {"model_path": new, "weight_version": "7"})))
+        update.start()
+        _wait_for(lambda: s.batcher._queue.qsize() == 1)  # the update waits behind the running request
+        gate.set()
+        first.join(60)
+        update.join(60)
+        assert results["first"] == (_generate_direct(tiny_chat_model_dir()), "0")
+        assert results["update"][0] == 200 and results["update"][1]["weight_version"] == "7"
+        assert _greedy(s) == (_generate_direct(new), "7")
