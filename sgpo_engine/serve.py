@@ -8,8 +8,11 @@ GET /health, and SGLang's POST /update_weights_from_disk (below). Request fields
 messages (chat: role + text content, or a list of {"type": "text"} parts) or
 prompt (completions: a string, a list of strings, token ids, or lists of token
 ids), max_tokens (or max_completion_tokens), temperature, top_p, top_k (-1 or
-0 = off), min_p, n, stop (a string or a list), seed. Other OpenAI fields are
-ignored; "stream": true is refused. Replies carry choices[].message.content
+0 = off), min_p, n, stop (a string or a list), seed, logprobs (completions:
+0; chat: true with top_logprobs 0: the sampled tokens' log-probs, in OpenAI's
+format; top alternatives are not computed, so more is a 400), and vLLM's
+return_token_ids (each choice gets token_ids and prompt_token_ids). Other
+OpenAI fields are ignored; "stream": true is refused. Replies carry choices[].message.content
 (chat) or choices[].text, finish_reason ("stop" | "length"), usage, and the
 weight_version that generated them (also in /v1/models).
 
@@ -153,6 +156,26 @@ def _prompts(body: dict) -> list:
                                                      for x in p):
             return list(p)
     raise APIError(400, "prompt: expected a string, a list of strings, or (lists of) token ids")
+
+
+def output_options(body: dict, chat: bool) -> tuple[bool, bool]:
+    """(logprobs, token ids) asked for by a request (checked)."""
+    if chat:
+        want = body.get("logprobs")
+        if want is not None and not isinstance(want, bool):
+            raise APIError(400, f"logprobs: expected true or false, got {want!r}")
+        if _int(body, "top_logprobs", 0, 0, 20):
+            raise APIError(400, "top_logprobs: only 0 is supported (the sampled tokens' log-probs)")
+        want = bool(want)
+    else:
+        k = body.get("logprobs")
+        if k is not None and (not _is_int(k) or k != 0):
+            raise APIError(400, f"logprobs: only 0 is supported (the sampled tokens' log-probs), got {k!r}")
+        want = k is not None
+    ids = body.get("return_token_ids", False)
+    if not isinstance(ids, bool):
+        raise APIError(400, f"return_token_ids: expected true or false, got {ids!r}")
+    return want, ids
 
 
 def sampling_params(body: dict, default_max_tokens: int, max_n: int, context: int) -> dict:
@@ -454,10 +477,12 @@ class Handler(BaseHTTPRequestHandler):
         self._check_completions(1, params)
         self._check_text_size("messages", sum(len(m["content"]) for m in msgs))
         ids = self.server.encode_chat(msgs)
+        logprobs, token_ids = output_options(body, chat=True)
         job = self._generate([ids], params)
-        group = job.result[0]
-        choices = [{"index": i, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
-                    "finish_reason": c.finish_reason} for i, c in enumerate(group)]
+        choices = [{"index": i, "message": {"role": "assistant", "content": c.text},
+                    "logprobs": self._chat_logprobs(c) if logprobs else None,
+                    "finish_reason": c.finish_reason, **self._token_ids(c, token_ids)}
+                   for i, c in enumerate(job.result[0])]
         return self._completion("chatcmpl", "chat.completion", choices, [ids], job)
 
     def _completions(self) -> dict:
@@ -469,10 +494,35 @@ class Handler(BaseHTTPRequestHandler):
             if isinstance(p, str):
                 self._check_text_size(f"prompt {i}", len(p))
         ids = [self.server.encode_text(p) if isinstance(p, str) else p for p in prompts]
+        logprobs, token_ids = output_options(body, chat=False)
         job = self._generate(ids, params)
-        choices = [{"index": i * params["num_samples"] + j, "text": c.text, "logprobs": None,
-                    "finish_reason": c.finish_reason} for i, g in enumerate(job.result) for j, c in enumerate(g)]
+        choices = [{"index": i * params["num_samples"] + j, "text": c.text,
+                    "logprobs": self._text_logprobs(c) if logprobs else None,
+                    "finish_reason": c.finish_reason, **self._token_ids(c, token_ids)}
+                   for i, g in enumerate(job.result) for j, c in enumerate(g)]
         return self._completion("cmpl", "text_completion", choices, ids, job)
+
+    # ------------------------------------------------------------------ per-token outputs
+    def _pieces(self, c) -> tuple[list[str], list[int]]:
+        """What each completion token wrote, and where it starts (tokens that write parts of
+        one character share it); special tokens included, as in c.token_ids."""
+        text, spans = self.server.policy.tokenizer.decode_with_offsets(c.token_ids)
+        return [text[a:b] for a, b in spans], [a for a, _ in spans]
+
+    def _text_logprobs(self, c) -> dict:
+        """OpenAI's completions format; text_offset counts from the completion's start."""
+        pieces, offsets = self._pieces(c)
+        return {"tokens": pieces, "token_logprobs": [float(x) for x in c.logprobs], "top_logprobs": None,
+                "text_offset": offsets}
+
+    def _chat_logprobs(self, c) -> dict:
+        pieces, _ = self._pieces(c)
+        return {"content": [{"token": p, "logprob": float(x), "bytes": list(p.encode("utf-8")), "top_logprobs": []}
+                            for p, x in zip(pieces, c.logprobs)]}
+
+    @staticmethod
+    def _token_ids(c, wanted: bool) -> dict:
+        return {"token_ids": list(c.token_ids), "prompt_token_ids": list(c.prompt_ids)} if wanted else {}
 
     # ------------------------------------------------------------------ helpers
     def _params(self, body: dict) -> dict:

@@ -30,6 +30,10 @@ class Completion:
     logprobs: list[float]          # log-prob of each token under the sampling distribution
     finish_reason: str             # "stop" (EOS, stop id or stop string) or "length"
     prompt_ids: list[int] = field(default_factory=list)
+    # an external rollout server's: its log-probs of the tokens (None if it gave none) and
+    # the weight_version that sampled them; the trainer corrects the gap (rollout_is)
+    server_logprobs: Optional[list[float]] = None
+    weight_version: Optional[str] = None
 
 
 def encode_prompt(policy, prompt: Prompt, chat_template: bool) -> list[int]:

@@ -11,7 +11,8 @@ server (vLLM, SGLang, OpenAI, the engine's own `sgpo serve`).
     verdicts = judge.judge(problems, responses, references=None)
     judge.stats   # {"responses", "judged", "failed", "cache_hits", "requests", "failures": {reason: n}}
 
-- base_url: as for the OpenAI client, ending in the API root (".../v1");
+- base_url: as for the OpenAI client, ending in the API root (".../v1"), or
+  the server's root (http://host:port, "/v1" is added: openai_base);
   requests go to base_url + "/chat/completions".
 - Up to `concurrency` requests are in flight per judge() call (a thread pool).
 - timeout: seconds for one attempt: the connection, each wait for data, and
@@ -72,6 +73,19 @@ def _retry_after(headers) -> Optional[float]:
         return None
 
 
+def openai_base(url: str) -> str:
+    """An OpenAI-compatible server's API root: the URL itself (".../v1", or any path), or for a
+    bare server root (http://host:port) that root + "/v1". rollout_url and judge_url use it."""
+    url = url.rstrip("/")
+    return url if urllib.parse.urlsplit(url).path else url + "/v1"
+
+
+def server_root(url: str) -> str:
+    """The server root of an API root (".../v1" stripped): where SGLang-style admin routes live."""
+    url = openai_base(url)
+    return url[:-len("/v1")] if url.endswith("/v1") else url
+
+
 class HTTPJudge(Judge):
     def __init__(self, base_url: str, model: str, *, api_key_env: str = "OPENAI_API_KEY",
                  step_mode: StepMode = "paragraph", concurrency: int = 8, timeout: float = 60.0,
@@ -93,7 +107,7 @@ class HTTPJudge(Judge):
             if not isinstance(v, (int, float)) or not v >= 0 or (name == "timeout" and v == 0):
                 raise ValueError(f"{name}: expected a positive number, got {v!r}")
         super().__init__(step_mode, cache, cache_id=f"http:{model}", cache_path=cache_path)
-        self.base_url, self.model, self.api_key_env = base_url.rstrip("/"), model, api_key_env
+        self.base_url, self.model, self.api_key_env = openai_base(base_url), model, api_key_env
         self.url = self.base_url + "/chat/completions"
         self.concurrency, self.timeout, self.max_retries = concurrency, float(timeout), max_retries
         self.backoff, self.max_backoff = float(backoff), float(max_backoff)

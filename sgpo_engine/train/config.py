@@ -40,8 +40,13 @@ class TrainConfig:
 
     # ---- [rollout]
     rollout: str = "local"               # local (the engine's generate) | openai (an external server)
-    rollout_url: str = ""                # with rollout = openai: the server root (http://host:port)
+    rollout_url: str = ""                # with rollout = openai: its API root (.../v1) or the server root
     rollout_model: str = ""              # with rollout = openai: the model id it serves
+    rollout_sync: str = "disk"           # openai: after each step load the new weights (SGLang's
+                                         # /update_weights_from_disk) | none (the server stays off-policy)
+    max_staleness: int = 0               # refuse rollouts whose weight_version lags more steps than this
+    rollout_is: str = "token_truncate"   # correction of server vs trainer log-probs (TRL's modes) | none
+    rollout_is_cap: float = 2.0          # truncate the importance weight at, or mask above, this
     prompts_per_step: int = 16
     num_samples: int = 8                 # G, responses per prompt
     max_new_tokens: int = 112
@@ -119,6 +124,7 @@ class TrainConfig:
                        scope=options.SCOPES, credit=options.CREDITS, credit_assignment=options.CREDIT_ASSIGNMENTS,
                        adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
                        importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
+                       rollout_sync=("disk", "none"), rollout_is=options.ROLLOUT_IS,
                        dtype=("float32", "bfloat16", "float16"))
         for name, allowed in choices.items():
             options.check_choice(f"config field '{name}'", getattr(self, name), allowed)
@@ -128,13 +134,15 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
         nonneg = ("lr", "weight_decay", "max_grad_norm", "warmup_steps", "beta", "eps_low", "eps_high",
-                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads")
+                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads", "max_staleness")
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}': expected >= 0, got {getattr(self, name)}")
         for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"config field '{name}': expected > 0, got {getattr(self, name)}")
+        if not self.rollout_is_cap > 0:
+            raise ValueError(f"config field 'rollout_is_cap': expected > 0, got {self.rollout_is_cap}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"config field 'top_p': expected in (0, 1], got {self.top_p}")
         if self.temperature == 0:

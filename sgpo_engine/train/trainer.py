@@ -36,7 +36,7 @@ from .config import TrainConfig, to_toml
 from .credit import prefix_reach, token_advantages
 from .distributed import Dist
 from .metrics import CompletionLog, MetricsWriter
-from .rollout import LocalRollout, OpenAIRollout
+from .rollout import LocalRollout, OpenAIRollout, RolloutSyncError, WeightSync, rollout_is_weights
 
 _POS = (1 << 63) - 1  # generator seeds must be non-negative
 
@@ -68,6 +68,12 @@ class SGPOTrainer:
         self.judge = judge if judge is not None else self.task.make_judge(cfg, self.policy)
         self.rollout = rollout or (OpenAIRollout(self.policy, cfg) if cfg.rollout == "openai"
                                    else LocalRollout(self.policy, cfg))
+        self.sync = None  # keeps an external rollout server on the trainer's weights
+        if cfg.rollout == "openai" and cfg.rollout_sync == "disk":
+            self.sync = WeightSync(cfg.rollout_url, os.path.join(cfg.output, "rollout_weights"))
+        elif cfg.rollout == "openai":
+            warnings.warn("config field 'rollout_sync' = 'none': the rollout server keeps its weights, so every "
+                          "rollout after the first step is off-policy (metric weight_version_lag)", stacklevel=2)
         if cfg.credit_assignment == "prefix" and self.policy.tokenizer is None:
             raise ValueError("config field 'credit_assignment': 'prefix' maps the judge's steps to tokens "
                              "and needs the policy's tokenizer (the model folder has no tokenizer.json)")
@@ -165,6 +171,8 @@ class SGPOTrainer:
         bar.done = self.step
         history = []
         try:
+            if self.sync and self.step < cfg.max_steps:
+                self._sync_rollout()  # the server may hold other weights (its own start, a resumed run)
             while self.step < cfg.max_steps:
                 m = self.train_step()
                 history.append(m)
@@ -189,6 +197,7 @@ class SGPOTrainer:
         t0 = time.perf_counter()
         groups = self.rollout(mine, seeds) if mine else []
         t_rollout = time.perf_counter() - t0
+        lag = self._weight_version_lag(groups)
 
         rew = self._rewards(mine, groups)
         if self.completions and mine:
@@ -198,13 +207,47 @@ class SGPOTrainer:
         update = self._update(batch)
         t_update = time.perf_counter() - t1
         self.step += 1
+        t_sync = self._sync_rollout() if self.sync else None
         metrics = self._metrics(mine, groups, rew, batch, update, t_rollout, t_update,
                                 time.perf_counter() - t_start)
+        if self.cfg.rollout == "openai":
+            metrics["weight_version_lag"] = lag
+            if t_sync is not None:
+                metrics["rollout_sync_seconds"] = t_sync
         if self.task.has_evaluation and cfg.eval_every and self.step % cfg.eval_every == 0:
             metrics.update(self.evaluate())
         if self.metrics:
             self.metrics.write(metrics)
         return metrics
+
+    # ------------------------------------------------------------------ external rollout server
+    def _sync_rollout(self) -> float:
+        """Rank 0 makes the server load this step's weights (weight_version = self.step); every
+        rank raises RolloutSyncError if that failed. Returns the seconds it took."""
+        seconds, error = 0.0, None
+        if self.dist.main:
+            try:
+                seconds = self.sync(self.policy, self.step)
+            except RolloutSyncError as e:
+                error = e
+        failed = self.dist.sum([1.0 if error else 0.0])[0] if self.dist.world > 1 else float(error is not None)
+        if failed:
+            raise error or RolloutSyncError("config field 'rollout_url': rank 0 could not sync the rollout server")
+        return seconds
+
+    def _weight_version_lag(self, groups) -> float:
+        """Steps between the trainer's weights and the oldest weight_version among the completions
+        (NaN when the server reports none); with rollout_sync on, more than max_staleness is refused."""
+        versions = {c.weight_version for g in groups for c in g if c.weight_version is not None}
+        lags = [self.step - int(v) for v in versions if v.lstrip("-").isdigit()]
+        lag = max(self.dist.all_gather_floats([float(max(lags)) if lags else -1.0]))
+        if lag < 0:
+            return float("nan")
+        if self.sync and lag > self.cfg.max_staleness:
+            raise RolloutSyncError(f"config field 'max_staleness': the rollout server's completions at step "
+                                   f"{self.step} come from weights {lag:.0f} step(s) old (max_staleness = "
+                                   f"{self.cfg.max_staleness}); is another trainer updating {self.cfg.rollout_url}?")
+        return lag
 
     # ------------------------------------------------------------------ rewards
     def _rewards(self, examples: list[Example], groups) -> dict:
@@ -239,6 +282,7 @@ class SGPOTrainer:
         adv = rew["adv"].advantages[kept] if flat else torch.zeros(0)
         seqs = [(flat[i].prompt_ids, flat[i].token_ids) for i in kept]
         olds = [flat[i].logprobs for i in kept]
+        servers = [flat[i].server_logprobs for i in kept]
         N = len(seqs)
         T = max((len(p) + len(t) - 1 for p, t in seqs), default=1)
         input_ids = torch.zeros(N, T, dtype=torch.int64)
@@ -246,6 +290,9 @@ class SGPOTrainer:
         mask = torch.zeros(N, T)
         old = torch.zeros(N, T)
         have_old = all(o is not None for o in olds) and not self.cfg.recompute_old_logp
+        have_server = all(x is not None for x in servers) and self.cfg.rollout_is != "none" \
+            and self.cfg.rollout == "openai"
+        server = torch.zeros(N, T)
         for i, (p, t) in enumerate(seqs):
             ids = p + t
             L = len(ids) - 1
@@ -254,6 +301,8 @@ class SGPOTrainer:
             mask[i, len(p) - 1:L] = 1.0  # positions whose target is a completion token
             if have_old:
                 old[i, len(p) - 1:L] = torch.tensor(olds[i], dtype=torch.float32)
+            if have_server:
+                server[i, len(p) - 1:L] = torch.tensor(servers[i], dtype=torch.float32)
         fallbacks = 0
         if self.cfg.credit_assignment == "prefix" and N:
             out = rew["sgpo"]
@@ -265,7 +314,7 @@ class SGPOTrainer:
         dev = self.device
         return {"input_ids": input_ids.to(dev), "targets": targets.to(dev), "mask": mask.to(dev),
                 "advantages": adv.to(dev, torch.float32), "old_logp": old.to(dev) if have_old else None, "n": N,
-                "credit_fallbacks": fallbacks}
+                "server_logp": server.to(dev) if have_server else None, "credit_fallbacks": fallbacks}
 
     def _hidden(self, model, input_ids):
         return model(input_ids)  # [b, T, H]
@@ -294,6 +343,11 @@ class SGPOTrainer:
             batch["old_logp"] = torch.zeros_like(batch["mask"])
             for idx in micro:
                 batch["old_logp"][idx] = self._logprobs(self.policy, batch["input_ids"][idx], batch["targets"][idx])
+        use_is = batch["server_logp"] is not None  # an external server sampled: correct toward the old policy
+        if dist.world > 1:  # every rank or none: the correction's statistics are collectives
+            use_is = dist.sum([float(use_is)])[0] == dist.world
+        if use_is:
+            stats.update(self._rollout_is(batch))
         ref_logp = None
         if self.ref_policy is not None:
             ref_logp = torch.zeros_like(batch["mask"])
@@ -349,6 +403,22 @@ class SGPOTrainer:
             stats["kl_mean"] = float("nan")
         return stats
 
+    def _rollout_is(self, batch) -> dict:
+        """Scales batch["advantages"] by the truncated importance weights (rollout_is) and returns
+        the raw ratios' global mean, min and max over completion tokens, and the share capped."""
+        cfg, mask = self.cfg, batch["mask"]
+        w, ratio = rollout_is_weights(batch["old_logp"], batch["server_logp"], mask, cfg.rollout_is,
+                                      cfg.rollout_is_cap)
+        adv = batch["advantages"]
+        batch["advantages"] = (adv[:, None] if adv.dim() == 1 else adv) * w
+        on = mask > 0
+        r = ratio[on].double()
+        total, count, capped = self.dist.sum([float(r.sum()), float(on.sum()), float((r > cfg.rollout_is_cap).sum())])
+        lo_hi = self.dist.all_gather_floats([float(r.min()) if r.numel() else math.inf,
+                                             float(r.max()) if r.numel() else -math.inf])
+        return {"is_ratio_mean": total / max(count, 1.0), "is_ratio_min": min(lo_hi[0::2]),
+                "is_ratio_max": max(lo_hi[1::2]), "is_capped_frac": capped / max(count, 1.0)}
+
     def _empty_backward(self):
         """A zero-loss backward through the DDP model and the LM head: every
         parameter gets a zero gradient and this rank joins the gradient
@@ -385,6 +455,8 @@ class SGPOTrainer:
             "clip_ratio_low": update["clip_ratio_low"], "clip_ratio_high": update["clip_ratio_high"],
             "kl_mean": update["kl_mean"], "grad_norm": update["grad_norm"],
             "lr": update["lr"],
+            **{k: update[k] for k in ("is_ratio_mean", "is_ratio_min", "is_ratio_max", "is_capped_frac")
+               if k in update},
             "response_len_mean": g["response_tokens"] / n,
             "rollout_tokens_per_s": g["response_tokens"] / max(t_roll, 1e-9),
             "train_tokens_per_s": g["train_tokens"] / max(t_upd, 1e-9),
