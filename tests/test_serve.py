@@ -477,3 +477,27 @@ def test_requests_in_flight_finish_on_the_old_weights(tmp_path):
         assert results["first"] == (_generate_direct(tiny_chat_model_dir()), "0")
         assert results["update"][0] == 200 and results["update"][1]["weight_version"] == "7"
         assert _greedy(s) == (_generate_direct(new), "7")
+
+
+def test_logprobs_and_token_ids_in_openai_and_vllm_formats(server):
+    import sgpo_engine
+    policy = tiny_chat_policy()
+    status, body = request(server.url + "/completions", "POST", {
+        "prompt": [[5, 6, 7]], "max_tokens": 6, "temperature": 0, "logprobs": 0, "return_token_ids": True})
+    assert status == 200, body
+    c = body["choices"][0]
+    want = sgpo_engine.generate(policy, [[5, 6, 7]], max_new_tokens=6, temperature=0)[0][0]
+    assert c["token_ids"] == want.token_ids and c["prompt_token_ids"] == [5, 6, 7]
+    lp = c["logprobs"]
+    assert lp["token_logprobs"] == pytest.approx(want.logprobs, abs=1e-5) and lp["top_logprobs"] is None
+    assert len(lp["tokens"]) == len(lp["text_offset"]) == len(want.token_ids)
+    assert "".join(lp["tokens"]).startswith(c["text"])  # special tokens (EOS) write their text too
+    status, body = request(server.url + "/chat/completions", "POST", {**CHAT_OK, "temperature": 0, "logprobs": True})
+    content = body["choices"][0]["logprobs"]["content"]
+    assert status == 200 and content and all(x["logprob"] <= 0 and x["top_logprobs"] == [] for x in content)
+    assert "token_ids" not in body["choices"][0]  # only when asked
+    for route, extra, needle in (("/completions", {"prompt": "hi", "logprobs": 2}, "logprobs"),
+                                 ("/chat/completions", {**CHAT_OK, "logprobs": True, "top_logprobs": 3}, "top_logprobs"),
+                                 ("/chat/completions", {**CHAT_OK, "logprobs": 1}, "logprobs"),
+                                 ("/completions", {"prompt": "hi", "return_token_ids": "yes"}, "return_token_ids")):
+        assert needle in _error(request(server.url + route, "POST", extra), 400)
