@@ -278,6 +278,9 @@ LOSS_CASES = [  # (loss_type, level, extra GRPOConfig, batch options)
     ("grpo", "token", dict(beta=0.0), dict(off_policy=False, with_ref=False)),        # on-policy, no reference
     ("cispo", "token", dict(epsilon_high=1.1), dict(adv_2d=True)),                      # a cap that binds
     ("sapo", "sequence", dict(sapo_temperature_pos=0.7, sapo_temperature_neg=1.6), {}),
+    ("dapo", "token", {}, dict(is_ratio="token")),                                      # vLLM IS correction
+    ("grpo", "sequence", {}, dict(is_ratio="sequence", adv_2d=True)),
+    ("cispo", "token", {}, dict(is_ratio="sequence")),
 ]
 
 
@@ -293,7 +296,15 @@ def test_fused_loss_equals_trl_loss(tmp_path, loss_type, level, extra, opts):
     theirs = _grpo_trainer(trl.GRPOTrainer, tmp_path / "trl", **cfg)
     ours = _grpo_trainer(SGPOGRPOTrainer, tmp_path / "sgpo", **cfg)
     assert not ours._fused_unsupported
+    is_ratio = opts.pop("is_ratio", None)
     batch = _loss_batch(theirs, seed=len(loss_type) + len(level), **opts)
+    if is_ratio:  # as TRL's vLLM path leaves it: truncated ratios, [B, T] or [B, 1]; some masked to 0
+        B, T = batch["completion_ids"].shape
+        g = torch.Generator().manual_seed(5)
+        r = torch.rand(B, T if is_ratio == "token" else 1, generator=g) * 2.5
+        batch["importance_sampling_ratio"] = torch.where(r > 2.2, torch.zeros(()), r)
+        for t in (theirs, ours):
+            t.use_vllm = t.vllm_importance_sampling_correction = True
     loss_t, grads_t = _loss_and_grads(theirs, batch)
     loss_o, grads_o = _loss_and_grads(ours, batch)
     torch.testing.assert_close(loss_o, loss_t, rtol=1e-5, atol=1e-7)
@@ -303,6 +314,8 @@ def test_fused_loss_equals_trl_loss(tmp_path, loss_type, level, extra, opts):
     assert float(loss_t) != 0.0
     mt, mo = theirs._metrics["train"], ours._metrics["train"]
     for key in ("policy_loss", "kl", "clip_ratio/low_mean", "clip_ratio/high_mean", "cispo_clip_ratio"):
+        if is_ratio and "clip" in key:  # a token whose IS weight is 0 has advantage 0 here: never counted clipped
+            continue
         if key in mt and level == "token":  # at sequence level TRL averages clip flags per sequence, the op per token
             assert mo[key] == pytest.approx(mt[key], rel=1e-5, abs=1e-7), key
 

@@ -19,10 +19,14 @@ SGPOReward(credit_assignment="prefix") among the reward functions, the trainer
 makes them: `_generate_and_score_completions` turns TRL's [B] advantages into
 step-level credit (docs/design.md 1.6) from that reward's verdicts.
 
+vLLM's importance-sampling correction (all four modes) scales the advantages
+by TRL's truncated ratios, which is TRL's formula (see _compute_loss); only
+the clip metrics differ: a token whose ratio is masked to 0 is never counted
+as clipped here.
+
 The features the op does not have fall back to TRL's own loss for the whole
 run, with one warning: loss types luspo and vespo, top_entropy_quantile < 1,
-off_policy_mask_threshold, vLLM importance-sampling correction, the entropy
-bonus, MoE aux losses, multimodal inputs, tool masks
+off_policy_mask_threshold, the entropy bonus, MoE aux losses, multimodal inputs, tool masks
 and logit soft-capping / scaling. The `entropy` metric is not logged on the
 fused path (the op does not compute it); the clip and KL metrics are.
 """
@@ -72,7 +76,6 @@ class SGPOGRPOTrainer(GRPOTrainer):
             (self.loss_type not in FUSED_LOSS_TYPES, f"loss_type={self.loss_type!r}"),
             (self.top_entropy_quantile < 1.0, "top_entropy_quantile < 1"),
             (self.off_policy_mask_threshold is not None, "off_policy_mask_threshold"),
-            (self.use_vllm and self.vllm_importance_sampling_correction, "vllm_importance_sampling_correction"),
             (getattr(self, "_entropy_bonus_enabled", False), "the entropy bonus"),
             (getattr(self, "aux_loss_enabled", False), "MoE aux loss"),
             (getattr(text, "final_logit_softcapping", None) is not None, "final_logit_softcapping"),
@@ -107,8 +110,14 @@ class SGPOGRPOTrainer(GRPOTrainer):
             num_items = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
             if mode == "train":
                 num_items = num_items * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        advantages = inputs["advantages"]
+        if self.use_vllm and self.vllm_importance_sampling_correction and "importance_sampling_ratio" in inputs:
+            # TRL multiplies the surrogate (not the KL term) by the truncated IS ratio [B, T] or [B, 1]:
+            # every surrogate is linear in a positive scale of the advantage, so scale the advantages
+            adv = advantages if advantages.dim() == 2 else advantages[:, None]
+            advantages = (adv * inputs["importance_sampling_ratio"]).expand(-1, T)
         loss, metrics = ops.fused_policy_loss(
-            hidden, head.weight, completion_ids, mask, inputs["advantages"], bias=head.bias,
+            hidden, head.weight, completion_ids, mask, advantages, bias=head.bias,
             old_logp=inputs.get("old_per_token_logps"),
             ref_logp=inputs["ref_per_token_logps"] if self.beta != 0.0 else None, beta=self.beta,
             eps_low=self.epsilon_low, eps_high=self.epsilon_high, delta=self.args.delta,
