@@ -19,7 +19,7 @@ def test_script_compiles(path):
         compile(f.read(), path, "exec")  # raises SyntaxError naming the line
 
 
-@pytest.mark.parametrize("script", ["bench_train.py", "bench_real.py"])
+@pytest.mark.parametrize("script", ["bench_train.py", "bench_real.py", "bench_sync.py"])
 def test_bench_script_parses_its_arguments(script):
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", script), "--help"], env=subprocess_env(),
                          capture_output=True, text=True, timeout=120)
