@@ -561,19 +561,21 @@ def test_resume_after_sigkill(tmp_path, reference_run):
         assert a["rts_mean"] == b["rts_mean"] and a["loss"] == pytest.approx(b["loss"], abs=1e-6)
 
 
-def test_torchrun_two_processes_match_one(tmp_path, reference_run):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(tmp_path, reference_run, parallel):
     config, ref = reference_run
     out = tmp_path / "out"
     port = free_port()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(port), "-m", "sgpo_engine.cli", "train", "--config", config, "--output", str(out),
-           "--max-steps", "3"]
+           "--max-steps", "3", "--parallel", parallel]
     r = run(cmd, timeout=150, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     assert "done: step 3" in r.stdout and r.stdout.count("done:") == 1  # rank 0 reports
     got, want = read_weights(str(out / "checkpoint-3")), read_weights(str(ref / "checkpoint-3"))
     print("torchrun: max |w - w_ref| =", max_diff(got, want))
     assert max_diff(got, want) < 1e-5
+    assert (out / "checkpoint-3" / "optimizer").is_dir() == (parallel == "fsdp")  # sharded optimizer state
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()][:3]
     assert [row["step"] for row in rows] == [1, 2, 3]
@@ -584,11 +586,65 @@ def test_torchrun_two_processes_match_one(tmp_path, reference_run):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
 
 
-def test_torchrun_rank_without_prompts(tmp_path, reference_run):
-    """One prompt per step on 2 ranks: rank 1 has nothing to train on, yet must
-    join the gradient all-reduce (a zero backward), or rank 0 waits forever."""
+def test_fsdp_with_a_sharded_reference_model_matches_one_process(tmp_path, reference_run):
+    """beta > 0 under FSDP: the reference model is sharded too; 2 ranks equal 1 process."""
     config, _ = reference_run
-    overrides = ["--prompts-per-step", "1", "--max-steps", "1"]
+    overrides = ["--beta", "0.05", "--max-steps", "2"]
+    ref = tmp_path / "ref"
+    SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
+    out = tmp_path / "out"
+    port = free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), "-m", "sgpo_engine.cli", "train", "--config", config, "--output", str(out),
+           "--parallel", "fsdp", *overrides]
+    r = run(cmd, timeout=150, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    assert max_diff(read_weights(str(out / "checkpoint-2")), read_weights(str(ref / "checkpoint-2"))) < 1e-5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, ref_rows):
+        assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-7)
+
+
+def test_fsdp_resume_after_sigkill(tmp_path, reference_run):
+    """FSDP under torchrun, killed (the whole process group) after checkpoint 3, resumed
+    from its sharded optimizer state: the end equals the uninterrupted run."""
+    config, ref = reference_run
+    out = tmp_path / "out"
+    torchrun = lambda *extra: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "sgpo_engine.cli",
+                               "train", "--config", config, "--output", str(out), "--parallel", "fsdp", *extra]
+    log = open(tmp_path / "log.txt", "w")
+    proc = subprocess.Popen(torchrun(), stdout=log, stderr=log, cwd=ROOT, env=subprocess_env(),
+                            start_new_session=True)
+    try:
+        wait_for(lambda: os.path.isfile(out / "checkpoint-3" / ckpt.STATE_FILE), 120, proc, "checkpoint-3")
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+    done = [s for s, _ in ckpt.list_checkpoints(str(out))]
+    assert done and 3 <= done[-1] < STEPS, done
+    r = run(torchrun("--resume"), timeout=150)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    got, want = read_weights(str(out / f"checkpoint-{STEPS}")), read_weights(str(ref / f"checkpoint-{STEPS}"))
+    print("fsdp resume: max |w - w_ref| =", max_diff(got, want))
+    assert max_diff(got, want) < 1e-5
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_rank_without_prompts(tmp_path, reference_run, parallel):
+    """One prompt per step on 2 ranks: rank 1 has nothing to train on, yet must
+    join the gradient all-reduce (a zero backward; under FSDP also every
+    forward's all-gather), or rank 0 waits forever."""
+    config, _ = reference_run
+    overrides = ["--prompts-per-step", "1", "--max-steps", "1", "--parallel", parallel]
     ref = tmp_path / "ref"
     SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
     out = tmp_path / "out"

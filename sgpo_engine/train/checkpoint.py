@@ -1,6 +1,7 @@
 """Checkpoints: OUTPUT/checkpoint-STEP/ holds the model in HF layout (so
 transformers and vLLM load it as is) and trainer_state.pt (optimizer,
-scheduler, RNG states, step / data position).
+scheduler, RNG states, step / data position); under FSDP the optimizer state
+is in optimizer/, sharded (torch.distributed.checkpoint), instead.
 
 A checkpoint is written under a temporary name and renamed when complete, so
 a crash (even SIGKILL) never leaves a half checkpoint that --resume would
@@ -39,10 +40,27 @@ def set_rng_state(state: dict):
 
 
 def save_checkpoint(output: str, step: int, policy, trainer_state: dict, keep: int) -> str:
-    final = os.path.join(output, f"checkpoint-{step}")
-    tmp = os.path.join(output, f".checkpoint-{step}.tmp")
+    return finish_checkpoint(output, step, begin_checkpoint(output, step, policy), trainer_state, keep)
+
+
+def temp_path(output: str, step: int) -> str:
+    """Where checkpoint `step` is written before its rename (the same on every rank)."""
+    return os.path.join(output, f".checkpoint-{step}.tmp")
+
+
+def begin_checkpoint(output: str, step: int, policy) -> str:
+    """Writes the model files under the temporary name; returns it. More files (a sharded
+    optimizer) may go there before finish_checkpoint."""
+    tmp = temp_path(output, step)
     shutil.rmtree(tmp, ignore_errors=True)
     policy.save(tmp)  # the model files (itself written atomically)
+    return tmp
+
+
+def finish_checkpoint(output: str, step: int, tmp: str, trainer_state: dict, keep: int) -> str:
+    """Adds the trainer state (last: its presence marks a complete checkpoint), renames the
+    folder into place and prunes old checkpoints and debris."""
+    final = os.path.join(output, f"checkpoint-{step}")
     state_tmp = os.path.join(tmp, STATE_FILE + ".tmp")
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, state_tmp)
     os.replace(state_tmp, os.path.join(tmp, STATE_FILE))

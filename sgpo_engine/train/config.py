@@ -118,13 +118,15 @@ class TrainConfig:
     log_completions: int = 8             # completions per step written to OUTPUT/completions.jsonl (0: off)
     progress: Optional[bool] = None      # progress bar (default: on a terminal)
     threads: int = 0                     # torch CPU threads per process (0: OMP_NUM_THREADS, else CPUs / local ranks)
+    parallel: str = "ddp"                # under torchrun: ddp (replicated) | fsdp (FSDP2: parameters, gradients
+                                         # and optimizer state sharded; bf16 compute on GPUs)
 
     def validate(self) -> "TrainConfig":
         choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
                        scope=options.SCOPES, credit=options.CREDITS, credit_assignment=options.CREDIT_ASSIGNMENTS,
                        adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
                        importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
-                       rollout_sync=("disk", "none"), rollout_is=options.ROLLOUT_IS,
+                       rollout_sync=("disk", "none"), rollout_is=options.ROLLOUT_IS, parallel=("ddp", "fsdp"),
                        dtype=("float32", "bfloat16", "float16"))
         for name, allowed in choices.items():
             options.check_choice(f"config field '{name}'", getattr(self, name), allowed)

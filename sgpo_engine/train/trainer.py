@@ -32,6 +32,7 @@ from ..progress import Progress
 from ..tasks import Example, Task, load_policy, make_task
 from ..threads import cpu_threads
 from . import checkpoint as ckpt
+from . import fsdp
 from .config import TrainConfig, to_toml
 from .credit import prefix_reach, token_advantages
 from .distributed import Dist
@@ -39,6 +40,7 @@ from .metrics import CompletionLog, MetricsWriter
 from .rollout import LocalRollout, OpenAIRollout, RolloutSyncError, WeightSync, rollout_is_weights
 
 _POS = (1 << 63) - 1  # generator seeds must be non-negative
+OPTIMIZER_DIR = "optimizer"  # in a checkpoint: the FSDP-sharded optimizer state
 
 
 class SGPOTrainer:
@@ -80,7 +82,16 @@ class SGPOTrainer:
         self._preflight()
         self.ref_policy = self._frozen_copy() if cfg.beta > 0 else None
         self.model = self.policy.decoder
-        if self.dist.world > 1:
+        self.fsdp = cfg.parallel == "fsdp" and self.dist.world > 1
+        self.full_policy = None  # FSDP: an unsharded copy for rollouts, evaluation and saving
+        if self.fsdp:
+            self.full_policy = self._frozen_copy()
+            if isinstance(self.rollout, LocalRollout):
+                self.rollout.policy = self.full_policy
+            fsdp.shard(self.policy.decoder, self.device)
+            if self.ref_policy is not None:
+                fsdp.shard(self.ref_policy.decoder, self.device)
+        elif self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(self.policy.decoder)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -139,14 +150,36 @@ class SGPOTrainer:
         t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
         return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
+    def _full(self):
+        """The policy with whole weights on this rank: itself, or under FSDP the unsharded copy
+        refreshed from the shards (an all-gather: every rank calls it)."""
+        if not self.fsdp:
+            return self.policy
+        state = fsdp.full_state_dict(self.policy.decoder)
+        with torch.no_grad():
+            for name, t in self.full_policy.decoder.state_dict().items():
+                t.copy_(state[name])
+        return self.full_policy
+
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> Optional[str]:
-        """Writes OUTPUT/checkpoint-STEP (rank 0) and prunes old ones."""
-        path = None
-        if self.dist.main:
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "config": to_toml(self.cfg)}
-            path = ckpt.save_checkpoint(self.cfg.output, self.step, self.policy, state, self.cfg.keep_checkpoints)
+        """Writes OUTPUT/checkpoint-STEP (rank 0; under FSDP every rank writes its optimizer
+        shard into it) and prunes old ones. Every rank calls it."""
+        cfg, path = self.cfg, None
+        state = {"scheduler": self.scheduler.state_dict(), "config": to_toml(cfg)}
+        if not self.fsdp:
+            if self.dist.main:
+                state["optimizer"] = self.optimizer.state_dict()
+                path = ckpt.save_checkpoint(cfg.output, self.step, self.policy, state, cfg.keep_checkpoints)
+        else:
+            full = self._full()
+            tmp = ckpt.temp_path(cfg.output, self.step)
+            if self.dist.main:
+                ckpt.begin_checkpoint(cfg.output, self.step, full)
+            torch.distributed.barrier()
+            fsdp.save_optimizer(self.policy.decoder, self.optimizer, os.path.join(tmp, OPTIMIZER_DIR))
+            if self.dist.main:
+                path = ckpt.finish_checkpoint(cfg.output, self.step, tmp, state, cfg.keep_checkpoints)
         if self.dist.world > 1:
             torch.distributed.barrier()
         return path
@@ -157,9 +190,18 @@ class SGPOTrainer:
             return  # nothing to resume: a fresh run
         from ..model import load
         saved = load(path, dtype=self.policy.dtype)
-        self.policy.decoder.load_state_dict(saved.decoder.state_dict())
         state = ckpt.load_trainer_state(path)
-        self.optimizer.load_state_dict(state["optimizer"])
+        sharded = os.path.isdir(os.path.join(path, OPTIMIZER_DIR))
+        if sharded != self.fsdp:
+            raise ValueError(f"{path}: its optimizer state is {'sharded (FSDP under torchrun)' if sharded else 'whole'}; "
+                             f"resume it with parallel = '{'fsdp' if sharded else 'ddp'}'"
+                             + (" and the same torchrun" if sharded else ""))
+        if self.fsdp:
+            fsdp.load_full_state_dict(self.policy.decoder, saved.decoder.state_dict())
+            fsdp.load_optimizer(self.policy.decoder, self.optimizer, os.path.join(path, OPTIMIZER_DIR))
+        else:
+            self.policy.decoder.load_state_dict(saved.decoder.state_dict())
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         ckpt.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -195,6 +237,8 @@ class SGPOTrainer:
         seeds = mix_seeds(mix_seeds(cfg.seed, s), torch.tensor(list(share))).tolist()
 
         t0 = time.perf_counter()
+        if self.fsdp and isinstance(self.rollout, LocalRollout):
+            self._full()  # the rollout copy takes this step's weights
         groups = self.rollout(mine, seeds) if mine else []
         t_rollout = time.perf_counter() - t0
         lag = self._weight_version_lag(groups)
@@ -225,9 +269,10 @@ class SGPOTrainer:
         """Rank 0 makes the server load this step's weights (weight_version = self.step); every
         rank raises RolloutSyncError if that failed. Returns the seconds it took."""
         seconds, error = 0.0, None
+        policy = self._full()
         if self.dist.main:
             try:
-                seconds = self.sync(self.policy, self.step)
+                seconds = self.sync(policy, self.step)
             except RolloutSyncError as e:
                 error = e
         failed = self.dist.sum([1.0 if error else 0.0])[0] if self.dist.world > 1 else float(error is not None)
@@ -338,21 +383,19 @@ class SGPOTrainer:
                 self.scheduler.step()  # the schedule follows the step count, updates or not
             return stats
         self.model.train()
-        micro = [torch.arange(i, min(i + cfg.micro_batch_size, n)) for i in range(0, n, cfg.micro_batch_size)]
-        if batch["old_logp"] is None:  # external rollouts or recompute_old_logp: the rollout policy now
-            batch["old_logp"] = torch.zeros_like(batch["mask"])
-            for idx in micro:
-                batch["old_logp"][idx] = self._logprobs(self.policy, batch["input_ids"][idx], batch["targets"][idx])
+        micro = self._micro_batches(n)
+        need_old = batch["old_logp"] is None  # external rollouts or recompute_old_logp: the rollout policy now
+        if self.fsdp:  # forwards are collectives: all ranks score, or none
+            need_old = dist.sum([float(need_old)])[0] > 0
+        if need_old:
+            old = self._score(self.policy, batch, micro)
+            batch["old_logp"] = old if batch["old_logp"] is None else batch["old_logp"]
         use_is = batch["server_logp"] is not None  # an external server sampled: correct toward the old policy
         if dist.world > 1:  # every rank or none: the correction's statistics are collectives
             use_is = dist.sum([float(use_is)])[0] == dist.world
         if use_is:
             stats.update(self._rollout_is(batch))
-        ref_logp = None
-        if self.ref_policy is not None:
-            ref_logp = torch.zeros_like(batch["mask"])
-            for idx in micro:
-                ref_logp[idx] = self._logprobs(self.ref_policy, batch["input_ids"][idx], batch["targets"][idx])
+        ref_logp = self._score(self.ref_policy, batch, micro) if self.ref_policy is not None else None
         # Each micro-batch contributes its exact share of the global loss: token-
         # normalized losses divide by the global token count, sequence-normalized
         # ones scale by their share of sequences. x world undoes DDP's averaging.
@@ -365,13 +408,19 @@ class SGPOTrainer:
             if not micro and dist.world > 1:
                 self._empty_backward()  # this rank has no sequences; the others still all-reduce
             for j, idx in enumerate(micro):
-                rows = order[idx.to(self.device)]
                 sync = j == len(micro) - 1 or dist.world == 1
-                ctx = self.model.no_sync() if not sync else contextlib.nullcontext()
+                if self.fsdp:
+                    self.model.set_requires_gradient_sync(sync)
+                if idx is None:  # FSDP padding: this rank ran out of sequences
+                    self._empty_backward()
+                    continue
+                rows = order[idx.to(self.device)]
+                ctx = self.model.no_sync() if not sync and not self.fsdp else contextlib.nullcontext()
                 with ctx:
                     hidden = self._hidden(self.model, batch["input_ids"][rows])
+                    weight = fsdp.gathered_lm_head(self.policy.lm_head_weight) if self.fsdp else self.policy.lm_head_weight
                     loss, met = ops.fused_policy_loss(
-                        hidden, self.policy.lm_head_weight, batch["targets"][rows], batch["mask"][rows],
+                        hidden, weight, batch["targets"][rows], batch["mask"][rows],
                         batch["advantages"][rows], old_logp=batch["old_logp"][rows],
                         ref_logp=None if ref_logp is None else ref_logp[rows], beta=cfg.beta,
                         eps_low=cfg.eps_low, eps_high=cfg.eps_high, delta=cfg.delta,
@@ -393,7 +442,7 @@ class SGPOTrainer:
             norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                   cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
             self.optimizer.step()
-            stats["grad_norm"] = float(norm)
+            stats["grad_norm"] = fsdp.grad_norm_value(norm) if self.fsdp else float(norm)
         self.scheduler.step()
         total = dist.sum([stats["loss"], stats["clip_ratio_low"], stats["clip_ratio_high"], stats["kl_mean"]])
         stats["loss"] = total[0]
@@ -402,6 +451,27 @@ class SGPOTrainer:
         if self.ref_policy is None:
             stats["kl_mean"] = float("nan")
         return stats
+
+    def _micro_batches(self, n: int) -> list:
+        """Row ranges of this rank's micro-batches; under FSDP padded with None up to the
+        largest count of any rank, so every rank runs the same forwards and backwards."""
+        micro = [torch.arange(i, min(i + self.cfg.micro_batch_size, n)) for i in range(0, n, self.cfg.micro_batch_size)]
+        if self.fsdp:
+            most = int(max(self.dist.all_gather_floats([float(len(micro))])))
+            micro += [None] * (most - len(micro))
+        return micro
+
+    def _score(self, policy, batch, micro) -> torch.Tensor:
+        """Log-probs [N, T] of the batch's targets under `policy`, micro-batch by micro-batch
+        (a padding entry runs an empty forward: the other ranks' all-gathers need it)."""
+        out = torch.zeros_like(batch["mask"])
+        for idx in micro:
+            if idx is None:
+                self._logprobs(policy, torch.zeros(1, 1, dtype=torch.int64, device=self.device),
+                               torch.zeros(1, 1, dtype=torch.int64, device=self.device))
+            else:
+                out[idx] = self._logprobs(policy, batch["input_ids"][idx], batch["targets"][idx])
+        return out
 
     def _rollout_is(self, batch) -> dict:
         """Scales batch["advantages"] by the truncated importance weights (rollout_is) and returns
@@ -470,4 +540,5 @@ class SGPOTrainer:
     def evaluate(self, n: Optional[int] = None) -> dict:
         """The task's held-out evaluation (n problems per difficulty, default
         eval_problems): rank 0 computes, the other ranks return {}."""
-        return self.task.evaluate(self.policy, n or self.cfg.eval_problems) if self.dist.main else {}
+        policy = self._full()  # under FSDP an all-gather: every rank calls evaluate
+        return self.task.evaluate(policy, n or self.cfg.eval_problems) if self.dist.main else {}
