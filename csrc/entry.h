@@ -51,7 +51,7 @@ inline GroupAdvOut group_advantages_entry(GroupAdvOut (*impl)(const GroupAdvArgs
                                           const std::optional<at::Tensor>& correct,
                                           const std::optional<at::Tensor>& rts, std::string_view scope,
                                           std::string_view credit, double beta, double gamma, double credit_scale,
-                                          std::string_view scale, double eps) {
+                                          std::string_view scale, double eps, double credited_std_floor) {
   CHECK_DIM(rewards, 1);
   CHECK_FLOAT(rewards);
   const int64_t n = rewards.size(0);
@@ -92,6 +92,8 @@ inline GroupAdvOut group_advantages_entry(GroupAdvOut (*impl)(const GroupAdvArgs
   CHECK_NUMBER(gamma, -INFINITY, INFINITY);
   CHECK_NUMBER(credit_scale, -INFINITY, INFINITY);
   CHECK_NUMBER(eps, 0.0, INFINITY);
+  CHECK_NUMBER(credited_std_floor, 0.0, INFINITY);
+  a.credit.std_floor = credited_std_floor;
   // Credit needs both the verifier's verdict and the judge's score.
   if (!a.correct.defined() || !a.rts.defined()) a.credit.scope = Scope::Off;
   a.credit.beta = beta;
@@ -210,9 +212,9 @@ struct OpEntries {
   static GroupAdvOut group_advantages(const at::Tensor& rewards, int64_t group_size, const Opt& group_offsets,
                                       const Opt& correct, const Opt& rts, std::string_view scope,
                                       std::string_view credit, double beta, double gamma, double credit_scale,
-                                      std::string_view scale, double eps) {
+                                      std::string_view scale, double eps, double credited_std_floor) {
     return group_advantages_entry(BE::group_advantages, rewards, group_size, group_offsets, correct, rts, scope,
-                                  credit, beta, gamma, credit_scale, scale, eps);
+                                  credit, beta, gamma, credit_scale, scale, eps, credited_std_floor);
   }
 
   static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,

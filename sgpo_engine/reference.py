@@ -33,9 +33,10 @@ def _shifted_moments(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_negative",
                      credit="sigmoid", beta=5.0, gamma=0.5, credit_scale=0.5,
-                     scale="group", eps=1e-4):
+                     scale="group", eps=1e-4, credited_std_floor=0.0):
     """rewards [N] float, offsets [P+1] int64 (contiguous, non-empty groups),
     correct [N] bool or None, rts [N] float (NaN = not judged) or None.
+    scale "group" divides a group with partial credit by max(std, credited_std_floor) + eps.
     Returns (advantages [N], used_rewards [N], group_mean [P], group_std [P],
     all_negative [P] bool)."""
     dtype = torch.float64 if rewards.dtype == torch.float64 else torch.float32
@@ -48,6 +49,7 @@ def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_neg
     means = torch.empty(P, dtype=dtype)
     stds = torch.empty(P, dtype=dtype)
     all_neg = torch.empty(P, dtype=torch.bool)
+    credited = torch.zeros(P, dtype=torch.bool)
     for g in range(P):
         a, b = offs[g], offs[g + 1]
         all_neg[g] = not bool(is_correct[a:b].any())
@@ -61,11 +63,13 @@ def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_neg
             if scope == "all_negative":
                 admit &= bool(all_neg[g])
             used[a:b] = torch.where(admit, c, used[a:b])
+            credited[g] = bool(admit.any())
         means[g], stds[g] = _shifted_moments(used[a:b])
     sizes = torch.tensor([offs[g + 1] - offs[g] for g in range(P)])
     mean_per = means.repeat_interleave(sizes)
     if scale == "group":
-        den = stds.repeat_interleave(sizes) + eps
+        floored = torch.where(credited & (stds < credited_std_floor), torch.full_like(stds, credited_std_floor), stds)
+        den = floored.repeat_interleave(sizes) + eps
     elif scale == "batch":
         den = (used.std() if used.numel() > 1 else torch.zeros((), dtype=dtype)) + eps
     else:

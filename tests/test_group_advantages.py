@@ -16,7 +16,9 @@ def random_params(g):
     """Non-default credit parameters, drawn per case."""
     return dict(beta=float(torch.empty(1).uniform_(1.0, 10.0, generator=g)),
                 gamma=float(torch.rand(1, generator=g)),
-                credit_scale=float(torch.empty(1).uniform_(0.1, 0.9, generator=g)))
+                credit_scale=float(torch.empty(1).uniform_(0.1, 0.9, generator=g)),
+                # binds for some credited groups, not others; 0 (off) a third of the time
+                credited_std_floor=float(torch.rand(1, generator=g) * 0.6) * (torch.rand(1, generator=g) > 0.33).item())
 
 
 @pytest.mark.parametrize("scale", options.SCALES)
@@ -41,7 +43,8 @@ def test_matches_reference_fixed_groups(gen, group_size, scope, credit, scale):
 def test_matches_reference_ragged(gen, sizes, scope, credit, scale):
     r, c, s = random_group_inputs(gen, sizes)
     check_group_advantages(r, sizes=sizes, correct=c, rts=s, scope=scope, credit=credit, scale=scale,
-                           eps=float(torch.empty(1).uniform_(1e-6, 1e-2, generator=gen)))
+                           eps=float(torch.empty(1).uniform_(1e-6, 1e-2, generator=gen)),
+                           credited_std_floor=float(torch.rand(1, generator=gen) * 0.6))
 
 
 @pytest.mark.parametrize("nan_share", [0.0, 0.5, 1.0])
@@ -162,6 +165,32 @@ def test_hand_made_sigmoid_credit():
     out2 = ops.group_advantages(r, group_size=3, correct=c, rts=s, scope="all_incorrect")
     want[4] = sigmoid(5.0 * (0.2 - 0.5))
     torch.testing.assert_close(out2.rewards, torch.tensor(want, dtype=F64), rtol=1e-14, atol=1e-15)
+
+
+def test_credited_std_floor_by_hand():
+    """Nearly equal credits (std 0.013) would become unit-scale advantages; with the floor
+    0.2 the credited group divides by 0.2 + eps. The mixed group's std (also below 0.2) is
+    an outcome-reward std and is never floored; nor do scales batch and none change."""
+    credits = [0.40, 0.41, 0.42, 0.43]
+    rewards = torch.tensor([0.0] * 4 + [1.0, 1.0, 1.0, 0.98], dtype=torch.float64)
+    correct = torch.tensor([False] * 4 + [True, True, True, False])
+    rts = torch.tensor(credits + [math.nan] * 4, dtype=torch.float64)
+    kw = dict(group_size=4, correct=correct, rts=rts, credit="linear", credit_scale=1.0, eps=1e-4)
+    off = ops.group_advantages(rewards, **kw)
+    on = ops.group_advantages(rewards, credited_std_floor=0.2, **kw)
+    std = statistics.stdev(credits)
+    mean = statistics.fmean(credits)
+    assert std < 0.02 and max(abs(float(a)) for a in off.advantages[:4]) > 1.0  # the phantom gradient
+    for i, c in enumerate(credits):
+        assert float(off.advantages[i]) == pytest.approx((c - mean) / (std + 1e-4), rel=1e-12)
+        assert float(on.advantages[i]) == pytest.approx((c - mean) / (0.2 + 1e-4), rel=1e-12)
+    assert torch.equal(on.advantages[4:], off.advantages[4:])  # mixed group: std 0.01 kept
+    assert float(on.group_std[0]) == pytest.approx(std, rel=1e-12)  # the reported std is the group's own
+    for scale in ("batch", "none"):
+        assert torch.equal(ops.group_advantages(rewards, scale=scale, credited_std_floor=0.2, **kw).advantages,
+                           ops.group_advantages(rewards, scale=scale, **kw).advantages)
+    with pytest.raises(ValueError, match="credited_std_floor"):
+        ops.group_advantages(rewards, credited_std_floor=-0.1, **kw)
 
 
 def test_hand_made_linear_credit():

@@ -107,7 +107,7 @@ def test_loop_metrics_checkpoints(tmp_path):
     assert rows[1]["lr"] == pytest.approx(1e-3)
     assert rows[2]["lr"] == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5))))
     assert max_diff(params(policy), w0) > 1e-4  # the weights moved
-
+    assert all(r["adv_abs_credited"] > 0 and r["adv_abs_mixed"] is None for r in rows)  # all groups credited
     # the resolved config is saved and reads back as the same config
     saved = load_config(str(out / "config.toml"))
     assert saved == trainer.cfg
@@ -135,6 +135,20 @@ def test_loop_metrics_checkpoints(tmp_path):
     assert max_diff(params(final), params(policy)) == 0.0
     state = ckpt.load_trainer_state(str(out / "checkpoint-3"))
     assert state["step"] == 3 and "optimizer" in state and "scheduler" in state
+
+
+
+
+def test_credited_std_floor_bounds_the_credited_advantages(tmp_path):
+    """The phantom-gradient guard through the trainer: the same rollouts, judged the same,
+    give smaller credited-group advantages with a floor on their std (logged per step)."""
+    scale = {}
+    for floor in (0.0, 0.5):
+        cfg = tiny_config(tmp_path / str(floor), max_steps=1, credited_std_floor=floor)
+        trainer = SGPOTrainer(cfg, policy=tasks.new_policy(seed=0), judge=FunctionJudge(hash_first_error,
+                                                                                         step_mode="line"))
+        scale[floor] = trainer.train_step()["adv_abs_credited"]
+    assert 0 < scale[0.5] < scale[0.0]
 
 
 # --------------------------------------------------------------------------

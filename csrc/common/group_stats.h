@@ -15,6 +15,7 @@ struct CreditParams {
   T beta;          // sigmoid slope
   T gamma;         // sigmoid midpoint
   T credit_scale;  // linear slope
+  T std_floor;     // scale "group": the least std a credited group divides by (0: off)
 };
 
 // Partial credit of an incorrect response from its reasoning trajectory score.
@@ -41,6 +42,16 @@ SGPO_HD bool is_credited(bool correct, T rts, bool group_all_negative, Scope sco
 template <typename T>
 SGPO_HD T safe_div(T num, T den) {
   return den != T(0) ? num / den : T(0);
+}
+
+// The scale="group" denominator of one group: its std, raised to std_floor when some
+// response of the group earned partial credit, plus eps. Credits close together have a
+// tiny std, and dividing by it turns their small differences into unit-scale
+// advantages (the "phantom gradient"); the floor bounds that gain. Uncredited groups
+// (outcome rewards) are never floored: floor 0 and std >= 0 leave the std as it is.
+template <typename T>
+SGPO_HD T group_denominator(T std, bool credited, T std_floor, T eps) {
+  return (credited && std < std_floor ? std_floor : std) + eps;
 }
 
 template <typename T>

@@ -20,25 +20,33 @@ namespace {
 using cpu::v8f;
 using cpu::splat;
 
+struct GroupFlags {
+  bool any_correct;
+  bool any_credited;  // some response's reward became partial credit
+};
+
 // One group [lo, hi): checks the values it reads, writes used[i] (the partial
-// credit where credited, else the reward) and returns whether any response is
-// correct. Both paths below run this; only the moments differ in layout.
+// credit where credited, else the reward) and returns its flags. Both paths
+// below run this; only the moments differ in layout.
 template <typename scalar_t, typename acc>
-bool credit_group(const scalar_t* r, const bool* correct, const acc* rts, int64_t lo, int64_t hi,
-                  const CreditParams<acc>& cp, acc* used) {
+GroupFlags credit_group(const scalar_t* r, const bool* correct, const acc* rts, int64_t lo, int64_t hi,
+                        const CreditParams<acc>& cp, acc* used) {
   bool any_correct = false;
   for (int64_t i = lo; i < hi; ++i) {
     TORCH_CHECK_VALUE(std::isfinite(double(r[i])), "rewards: non-finite value ", double(r[i]), " at index ", i);
     any_correct |= correct ? correct[i] : r[i] > scalar_t(0);
   }
+  bool any_credited = false;
   for (int64_t i = lo; i < hi; ++i) {
     // NaN marks "not judged"; anything else must be a score in [0, 1].
     TORCH_CHECK_VALUE(!rts || !(rts[i] < acc(0) || rts[i] > acc(1)), "rts: expected values in [0, 1] or NaN, got ",
                 rts ? double(rts[i]) : 0.0, " at index ", i);
     const bool ok = correct ? correct[i] : r[i] > scalar_t(0);
-    used[i] = (rts && is_credited(ok, rts[i], !any_correct, cp.scope)) ? rts_credit(rts[i], cp) : acc(r[i]);
+    const bool credited = rts && is_credited(ok, rts[i], !any_correct, cp.scope);
+    used[i] = credited ? rts_credit(rts[i], cp) : acc(r[i]);
+    any_credited |= credited;
   }
-  return any_correct;
+  return {any_correct, any_credited};
 }
 
 // Rows x[0..8) -> columns: x[c][k] becomes old x[k][c] (the AVX 8x8 transpose).
@@ -75,8 +83,8 @@ SGPO_VINLINE void load_block(const float* x, int64_t g0, int64_t G, int64_t j, v
 // dependent horizontal sums, a square root and a division; eight side by side
 // fill the lanes instead.
 __attribute__((optimize("fp-contract=off"))) SGPO_CPU_CLONES void eight_group_moments(
-    const float* used, int64_t g0, int64_t G, float eps, bool group_scale, float* adv, float* mean_out,
-    float* std_out) {
+    const float* used, int64_t g0, int64_t G, float eps, bool group_scale, const float (&floor)[8], float* adv,
+    float* mean_out, float* std_out) {
   const int64_t m = G / cpu::kLanes;
   const v8f zero = splat(0.f);
   v8f col[8];
@@ -102,7 +110,7 @@ __attribute__((optimize("fp-contract=off"))) SGPO_CPU_CLONES void eight_group_mo
     const int64_t g = g0 + k, lo = g * G;
     mean_out[g] = mean[k];
     std_out[g] = sd;
-    const float denom = group_scale ? sd + eps : 1.f;
+    const float denom = group_scale ? group_denominator(sd, floor[k] > 0.f, floor[k], eps) : 1.f;
     for (int64_t j = 0; j < m; ++j) {  // safe_div: 0 / 0 = 0
       const int64_t i = lo + j * cpu::kLanes;
       cpu::store8(adv + i, denom != 0.f ? (cpu::load8(used + i) - mean[k]) / denom : zero);
@@ -128,7 +136,7 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
   acc *mean_p = mean.data_ptr<acc>(), *std_p = stdv.data_ptr<acc>();
   bool* neg_p = all_neg.data_ptr<bool>();
   const CreditParams<acc> cp{a.credit.scope, a.credit.credit, acc(a.credit.beta), acc(a.credit.gamma),
-                             acc(a.credit.credit_scale)};
+                             acc(a.credit.credit_scale), acc(a.credit.std_floor)};
   const acc eps = acc(a.eps);
 
   // float32 in groups of a fixed size 8m: the moments of eight groups per SIMD pass
@@ -137,18 +145,23 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
     int64_t g = begin;
     if constexpr (std::is_same_v<scalar_t, float>) {
       for (; simd && g + 8 <= end; g += 8) {
-        for (int64_t k = g; k < g + 8; ++k)
-          neg_p[k] = !credit_group(r, correct, rts, k * a.group_size, (k + 1) * a.group_size, cp, used_p);
-        eight_group_moments(used_p, g, a.group_size, eps, a.scale == Scale::Group, adv_p, mean_p, std_p);
+        float floor[8];  // per lane: the std floor of a credited group, 0 (none) otherwise
+        for (int64_t k = g; k < g + 8; ++k) {
+          const GroupFlags f = credit_group(r, correct, rts, k * a.group_size, (k + 1) * a.group_size, cp, used_p);
+          neg_p[k] = !f.any_correct;
+          floor[k - g] = f.any_credited ? float(cp.std_floor) : 0.f;
+        }
+        eight_group_moments(used_p, g, a.group_size, eps, a.scale == Scale::Group, floor, adv_p, mean_p, std_p);
       }
     }
     for (; g < end; ++g) {
       const int64_t lo = offs ? offs[g] : g * a.group_size, hi = offs ? offs[g + 1] : lo + a.group_size;
-      neg_p[g] = !credit_group(r, correct, rts, lo, hi, cp, used_p);
+      const GroupFlags f = credit_group(r, correct, rts, lo, hi, cp, used_p);
+      neg_p[g] = !f.any_correct;
       const Moments<acc> mo = group_moments<acc>([&](int64_t k) { return used_p[lo + k]; }, hi - lo);
       mean_p[g] = mo.mean;
       std_p[g] = mo.std;
-      const acc denom = a.scale == Scale::Group ? mo.std + eps : acc(1);
+      const acc denom = a.scale == Scale::Group ? group_denominator(mo.std, f.any_credited, cp.std_floor, eps) : acc(1);
       for (int64_t i = lo; i < hi; ++i) adv_p[i] = safe_div(used_p[i] - mo.mean, denom);
     }
   });

@@ -76,9 +76,11 @@ __global__ void group_stats_kernel(const GroupParams<T> p) {
 
   // Credit needs both the verdict and the judge's score (entry.h sets scope Off otherwise).
   const bool can_credit = p.correct && p.rts && p.credit.scope != Scope::Off;
+  bool any_credited = false;
   for (int64_t i = begin; i < end; ++i) {
     const bool credited = can_credit && is_credited(p.correct[i], p.rts[i], all_neg, p.credit.scope);
     p.used[i] = credited ? rts_credit(p.rts[i], p.credit) : p.rewards[i];
+    any_credited |= credited;
   }
 
   const T* used = p.used + begin;  // written above by this same thread
@@ -88,9 +90,10 @@ __global__ void group_stats_kernel(const GroupParams<T> p) {
   p.all_neg[g] = all_neg;
 
   if (p.scale == Scale::Batch) return;
+  const T denom = group_denominator(mom.std, any_credited, p.credit.std_floor, p.eps);
   for (int64_t i = begin; i < end; ++i) {
     const T centered = used[i - begin] - mom.mean;
-    p.adv[i] = p.scale == Scale::Group ? safe_div(centered, mom.std + p.eps) : centered;  // else None (Dr. GRPO)
+    p.adv[i] = p.scale == Scale::Group ? safe_div(centered, denom) : centered;  // else None (Dr. GRPO)
   }
 }
 
@@ -140,7 +143,8 @@ GroupAdvOut group_advantages_cuda(const GroupAdvArgs& a) {
     p.num_groups = groups;
     p.n = n;
     p.credit = CreditParams<T>{a.credit.scope, a.credit.credit, static_cast<T>(a.credit.beta),
-                               static_cast<T>(a.credit.gamma), static_cast<T>(a.credit.credit_scale)};
+                               static_cast<T>(a.credit.gamma), static_cast<T>(a.credit.credit_scale),
+                               static_cast<T>(a.credit.std_floor)};
     p.scale = a.scale;
     p.eps = static_cast<T>(a.eps);
     p.adv = adv.data_ptr<T>();

@@ -23,7 +23,8 @@ manager judged), no judge is called. With scope "off" it equals verl's "grpo"
 estimator, singleton groups included (verl gives them mean 0, std 1).
 
 Settings, all under algorithm.sgpo (defaults as in TrainConfig): scope, credit,
-beta, gamma, credit_scale, and judge.{url, model, step_mode, concurrency, timeout}.
+beta, gamma, credit_scale, credited_std_floor, and judge.{url, model, step_mode,
+concurrency, timeout}.
 `set_judge(judge)` installs any sgpo_engine judge object in-process instead.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from ..options import CREDITS, SCOPES, check_choice
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(scope="all_negative", credit="sigmoid", beta=5.0, gamma=0.5, credit_scale=0.5)
+DEFAULTS = dict(scope="all_negative", credit="sigmoid", beta=5.0, gamma=0.5, credit_scale=0.5, credited_std_floor=0.0)
 _judges: dict = {}  # (url, model, ...) -> HTTPJudge, kept across steps for its verdict cache
 
 
@@ -189,7 +190,8 @@ def compute_sgpo_outcome_advantage(token_level_rewards: torch.Tensor, response_m
     out = ops.group_advantages(scores[order_t], group_offsets=torch.tensor(offsets), correct=correct, rts=rts,
                                scope=settings["scope"], credit=settings["credit"], beta=settings["beta"],
                                gamma=settings["gamma"], credit_scale=settings["credit_scale"],
-                               scale="group" if norm_adv_by_std_in_grpo else "none", eps=epsilon)
+                               scale="group" if norm_adv_by_std_in_grpo else "none", eps=epsilon,
+                               credited_std_floor=float(settings["credited_std_floor"]))
     adv = out.advantages.to(scores.dtype)
     sizes = torch.tensor(np.diff(offsets), device=scores.device)
     single = sizes.repeat_interleave(sizes) == 1  # verl: a group of one has mean 0, std 1

@@ -76,6 +76,7 @@ class TrainConfig:
     credit_scale: float = 0.5            # the most partial credit, as a fraction of correct_reward
     adv_scale: str = "group"             # group | batch | none: what the advantages are divided by
     adv_eps: float = 1e-4
+    credited_std_floor: float = 0.0      # adv_scale group: a credited group divides by at least this std (0: off)
     filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
     credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only)
 
@@ -136,7 +137,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
         nonneg = ("lr", "weight_decay", "max_grad_norm", "warmup_steps", "beta", "eps_low", "eps_high",
-                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads", "max_staleness")
+                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads", "max_staleness",
+                  "credited_std_floor")
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ValueError(f"config field '{name}': expected >= 0, got {getattr(self, name)}")

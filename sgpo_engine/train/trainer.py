@@ -308,7 +308,7 @@ class SGPOTrainer:
         adv = ops.group_advantages(out.rewards, group_offsets=out.group_offsets, correct=out.correct,
                                    rts=out.rts, scope=cfg.scope, credit=cfg.credit, beta=cfg.credit_beta,
                                    gamma=cfg.credit_gamma, credit_scale=cfg.credit_scale, scale=cfg.adv_scale,
-                                   eps=cfg.adv_eps)
+                                   eps=cfg.adv_eps, credited_std_floor=cfg.credited_std_floor)
         # sgpo_rewards judges only the incorrect responses in scope: a judged RTS is a credited one
         credited = ~torch.isnan(out.rts)
         keep = torch.ones_like(out.correct)
@@ -500,7 +500,8 @@ class SGPOTrainer:
     def _metrics(self, examples, groups, rew, batch, update, t_rollout, t_update, t_step) -> dict:
         flat = [c for g in groups for c in g]
         sums = dict.fromkeys(("responses", "correct", "reward", "sgpo_reward", "all_negative", "groups", "credited",
-                              "rts", "judged", "judge_failures", "response_tokens"), 0.0)
+                              "rts", "judged", "judge_failures", "response_tokens", "adv_abs_credited",
+                              "credited_group_responses", "adv_abs_mixed", "mixed_group_responses"), 0.0)
         if flat:
             out, adv = rew["sgpo"], rew["adv"]
             judged = ~torch.isnan(out.rts)
@@ -510,6 +511,7 @@ class SGPOTrainer:
                         credited=float(rew["credited"].sum()), rts=float(out.rts[judged].sum()),
                         judged=float(judged.sum()), judge_failures=float(out.failed),
                         response_tokens=float(sum(len(c.token_ids) for c in flat)))
+            sums.update(self._advantage_scale(out, adv, rew["credited"]))
         sums["train_tokens"] = float(batch["input_ids"].numel())
         sums["credit_fallbacks"] = float(batch["credit_fallbacks"])
         g, task = self.dist.sum_named(sums, self.task.metric_sums(examples, groups))
@@ -532,10 +534,29 @@ class SGPOTrainer:
             "train_tokens_per_s": g["train_tokens"] / max(t_upd, 1e-9),
             "step_seconds": t_step,
         }
+        for kind in ("credited", "mixed"):  # the phantom-gradient gauge: |advantage| by kind of group
+            count = g[f"{kind}_group_responses"]
+            m[f"adv_abs_{kind}"] = g[f"adv_abs_{kind}"] / count if count else float("nan")
         if self.cfg.credit_assignment == "prefix":  # judged responses whose steps did not map onto tokens
             m["credit_fallbacks"] = int(g["credit_fallbacks"])
         m.update(self.task.metrics(task))
         return m
+
+    @staticmethod
+    def _advantage_scale(out, adv, credited) -> dict:
+        """Sums of |advantage| over the responses of credited groups (some partial credit) and of
+        mixed groups (correct and incorrect responses), and their counts."""
+        sizes = out.group_offsets.diff()
+        in_credited = torch.zeros(len(sizes), dtype=torch.bool).index_put_(
+            (torch.repeat_interleave(torch.arange(len(sizes)), sizes)[credited],), torch.tensor(True))
+        correct_count = torch.zeros(len(sizes)).index_add_(
+            0, torch.repeat_interleave(torch.arange(len(sizes)), sizes), out.correct.float())
+        mixed = (correct_count > 0) & (correct_count < sizes)
+        a = adv.advantages.abs()
+        per = lambda flags: flags.repeat_interleave(sizes)
+        return {"adv_abs_credited": float(a[per(in_credited)].sum()),
+                "credited_group_responses": float(per(in_credited).sum()),
+                "adv_abs_mixed": float(a[per(mixed)].sum()), "mixed_group_responses": float(per(mixed).sum())}
 
     def evaluate(self, n: Optional[int] = None) -> dict:
         """The task's held-out evaluation (n problems per difficulty, default

@@ -304,6 +304,11 @@ void test_credit() {
     CHECK(sgpo::rts_credit(r, sig) > 0 && sgpo::rts_credit(r, sig) < 1);  // below a correct answer
   }
   CHECK(sgpo::rts_credit(0.5, sig) == 0.5);
+  // the group denominator: the floor binds only for credited groups with a smaller std
+  CHECK(sgpo::group_denominator(0.01, true, 0.2, 1e-4) == 0.2 + 1e-4);
+  CHECK(sgpo::group_denominator(0.3, true, 0.2, 1e-4) == 0.3 + 1e-4);
+  CHECK(sgpo::group_denominator(0.01, false, 0.2, 1e-4) == 0.01 + 1e-4);
+  CHECK(sgpo::group_denominator(0.0, true, 0.0, 0.0) == 0.0);  // floor off: 0 / 0 stays safe_div's 0
   CHECK(sgpo::rts_credit(0.5f, sgpo::CreditParams<float>{sgpo::Scope::AllNegative, sgpo::Credit::Sigmoid, 5.f,
                                                          0.5f, 0.5f}) == 0.5f);
 
