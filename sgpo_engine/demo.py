@@ -65,7 +65,8 @@ PROFILES = {
     "full": dict(steps=100, seeds=3, eval_n=300, eval_every=20, base={}),
 }
 CURVES = ("accuracy", "all_negative_frac", "credited_frac", "reward_mean", "sgpo_reward_mean",
-          "correct_prefix_frac", "premature_answer_frac", "response_len_mean", "rts_mean")
+          "correct_prefix_frac", "premature_answer_frac", "response_len_mean", "rts_mean",
+          "adv_abs_credited", "adv_abs_mixed")
 SWEEP_TAIL = 20  # steps of rollout accuracy the sweep ranks by
 
 
@@ -180,6 +181,12 @@ def _mean_std(xs):
     return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def _curve_mean(by_seed: dict, curve: str) -> float:
+    """Mean of a per-step curve over every step and seed that has a value (None, NaN: none)."""
+    xs = [x for r in by_seed.values() for x in r["steps"].get(curve, []) if x is not None and x == x]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
 def _steps_to_reach(curve: list, target: float) -> Optional[int]:
     """The first evaluated step whose held-out accuracy is >= target (None: never)."""
     return next((step for step, acc in curve if acc >= target - 1e-9), None)
@@ -203,7 +210,10 @@ def _summary(runs: dict, baseline: Optional[str]) -> dict:
                     "credited_frac_last10": _mean_std(tail("credited_frac"))[0],
                     "correct_prefix_last10": _mean_std(tail("correct_prefix_frac"))[0],
                     "premature_answer_last10": _mean_std(tail("premature_answer_frac"))[0],
-                    "response_len_last10": _mean_std(tail("response_len_mean"))[0]}
+                    "response_len_last10": _mean_std(tail("response_len_mean"))[0],
+                    # the phantom-gradient gauge: mean |advantage| in credited vs mixed groups, all steps
+                    "adv_abs_credited_mean": _curve_mean(by_seed, "adv_abs_credited"),
+                    "adv_abs_mixed_mean": _curve_mean(by_seed, "adv_abs_mixed")}
         if target is not None:
             reach = [_steps_to_reach(r["heldout"], target) for r in by_seed.values()]
             got = [x for x in reach if x is not None]
@@ -242,6 +252,9 @@ def _table(results: dict) -> str:
                     f"{v['train_accuracy_last10']:9.3f} {v['all_negative_frac_last10']:7.2f} "
                     f"{v['credited_frac_last10']:8.2f} {v['correct_prefix_last10']:6.2f} "
                     f"{v['premature_answer_last10']:9.2f} {v['response_len_last10']:6.1f}")
+    rows.append("mean |advantage|, credited groups / mixed groups: " + ", ".join(
+        f"{arm} {v.get('adv_abs_credited_mean', float('nan')):.2f} / {v.get('adv_abs_mixed_mean', float('nan')):.2f}"
+        for arm, v in s.items()))
     st = results["settings"]
     rows.append(f"({st['seeds']} seed(s), {st['steps']} steps, k {st['ks'][0]}-{st['ks'][-1]}, held-out: "
                 f"{st['eval_problems_per_k']} problems per k every {st['eval_every']} steps; 'to reach': mean "
