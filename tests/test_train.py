@@ -529,18 +529,17 @@ def wait_for(cond, timeout, proc=None, what=""):
         time.sleep(0.005)
 
 
-def test_resume_after_sigkill(tmp_path, reference_run):
-    config, ref = reference_run
-    out = tmp_path / "out"
-    log = open(tmp_path / "log.txt", "w")
-    proc = subprocess.Popen(cli_cmd("train", "--config", config, "--output", out), stdout=log, stderr=log,
-                            cwd=ROOT, env=subprocess_env(), start_new_session=True)
+def kill_after_checkpoint(cmd: list, out, log_path, timeout: float) -> list[int]:
+    """Runs cmd in its own process group until OUTPUT/checkpoint-3 is complete, then SIGKILLs
+    the whole group (torchrun and its workers alike) during step 4. Returns the steps of the
+    complete checkpoints left (3 or 4)."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=ROOT, env=subprocess_env(), start_new_session=True)
     try:
-        # let it finish step 3 and its checkpoint, then kill it during step 4
-        wait_for(lambda: os.path.isfile(out / "checkpoint-3" / ckpt.STATE_FILE), 60, proc, "checkpoint-3")
+        wait_for(lambda: os.path.isfile(out / "checkpoint-3" / ckpt.STATE_FILE), timeout, proc, "checkpoint-3")
         time.sleep(0.05)
         assert proc.poll() is None, "the run ended before it could be killed"
-        os.kill(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
@@ -550,6 +549,14 @@ def test_resume_after_sigkill(tmp_path, reference_run):
     assert proc.returncode == -signal.SIGKILL
     done = [s for s, _ in ckpt.list_checkpoints(str(out))]
     assert done and 3 <= done[-1] < STEPS, done
+    return done
+
+
+def test_resume_after_sigkill(tmp_path, reference_run):
+    config, ref = reference_run
+    out = tmp_path / "out"
+    done = kill_after_checkpoint(cli_cmd("train", "--config", config, "--output", out), out, tmp_path / "log.txt",
+                                 timeout=60)
     # debris a crash could leave: a half-written checkpoint under its temporary
     # name (with a garbage state file), and a final-named folder without state
     shutil.copytree(out / f"checkpoint-{done[-1]}", out / f".checkpoint-{STEPS}.tmp")
@@ -628,21 +635,7 @@ def test_fsdp_resume_after_sigkill(tmp_path, reference_run):
     torchrun = lambda *extra: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "sgpo_engine.cli",
                                "train", "--config", config, "--output", str(out), "--parallel", "fsdp", *extra]
-    log = open(tmp_path / "log.txt", "w")
-    proc = subprocess.Popen(torchrun(), stdout=log, stderr=log, cwd=ROOT, env=subprocess_env(),
-                            start_new_session=True)
-    try:
-        wait_for(lambda: os.path.isfile(out / "checkpoint-3" / ckpt.STATE_FILE), 120, proc, "checkpoint-3")
-        assert proc.poll() is None, "the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
-    done = [s for s, _ in ckpt.list_checkpoints(str(out))]
-    assert done and 3 <= done[-1] < STEPS, done
+    kill_after_checkpoint(torchrun(), out, tmp_path / "log.txt", timeout=120)
     r = run(torchrun("--resume"), timeout=150)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     got, want = read_weights(str(out / f"checkpoint-{STEPS}")), read_weights(str(ref / f"checkpoint-{STEPS}"))
