@@ -283,6 +283,8 @@ class SGPOTrainer:
     def _weight_version_lag(self, groups) -> float:
         """Steps between the trainer's weights and the oldest weight_version among the completions
         (NaN when the server reports none); with rollout_sync on, more than max_staleness is refused."""
+        if self.cfg.rollout != "openai":
+            return float("nan")
         versions = {c.weight_version for g in groups for c in g if c.weight_version is not None}
         lags = [self.step - int(v) for v in versions if v.lstrip("-").isdigit()]
         lag = max(self.dist.all_gather_floats([float(max(lags)) if lags else -1.0]))
