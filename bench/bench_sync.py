@@ -53,7 +53,7 @@ def questions(n: int) -> list[str]:
 def half_b_policy(smollm2: str):
     import dataclasses
     base = se.load(smollm2, dtype="fp32")
-    cfg = dataclasses.replace(base.config, **HALF_B)
+    cfg = dataclasses.replace(base.config, **HALF_B, sliding_layers=())  # () = derived for the new depth
     return se.Policy.from_config(cfg, base.tokenizer, seed=0)
 
 
