@@ -529,6 +529,13 @@ def wait_for(cond, timeout, proc=None, what=""):
         time.sleep(0.005)
 
 
+def torchrun_train(config: str, out, *args) -> list:
+    """`sgpo train` on 2 gloo processes under torchrun, on a free loopback port."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+            "--master_port", str(free_port()), "-m", "sgpo_engine.cli", "train", "--config", config, "--output",
+            str(out), *args]
+
+
 def kill_after_checkpoint(cmd: list, out, log_path, timeout: float) -> list[int]:
     """Runs cmd in its own process group until OUTPUT/checkpoint-3 is complete, then SIGKILLs
     the whole group (torchrun and its workers alike) during step 4. Returns the steps of the
@@ -586,11 +593,7 @@ def test_resume_after_sigkill(tmp_path, reference_run):
 def test_torchrun_two_processes_match_one(tmp_path, reference_run, parallel):
     config, ref = reference_run
     out = tmp_path / "out"
-    port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "sgpo_engine.cli", "train", "--config", config, "--output", str(out),
-           "--max-steps", "3", "--parallel", parallel]
-    r = run(cmd, timeout=150, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+    r = run(torchrun_train(config, out, "--max-steps", "3", "--parallel", parallel), timeout=150)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     assert "done: step 3" in r.stdout and r.stdout.count("done:") == 1  # rank 0 reports
     got, want = read_weights(str(out / "checkpoint-3")), read_weights(str(ref / "checkpoint-3"))
@@ -614,11 +617,7 @@ def test_fsdp_with_a_sharded_reference_model_matches_one_process(tmp_path, refer
     ref = tmp_path / "ref"
     SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
     out = tmp_path / "out"
-    port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "sgpo_engine.cli", "train", "--config", config, "--output", str(out),
-           "--parallel", "fsdp", *overrides]
-    r = run(cmd, timeout=150, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+    r = run(torchrun_train(config, out, "--parallel", "fsdp", *overrides), timeout=150)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     assert max_diff(read_weights(str(out / "checkpoint-2")), read_weights(str(ref / "checkpoint-2"))) < 1e-5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -632,11 +631,8 @@ def test_fsdp_resume_after_sigkill(tmp_path, reference_run):
     from its sharded optimizer state: the end equals the uninterrupted run."""
     config, ref = reference_run
     out = tmp_path / "out"
-    torchrun = lambda *extra: [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m", "sgpo_engine.cli",
-                               "train", "--config", config, "--output", str(out), "--parallel", "fsdp", *extra]
-    kill_after_checkpoint(torchrun(), out, tmp_path / "log.txt", timeout=120)
-    r = run(torchrun("--resume"), timeout=150)
+    kill_after_checkpoint(torchrun_train(config, out, "--parallel", "fsdp"), out, tmp_path / "log.txt", timeout=120)
+    r = run(torchrun_train(config, out, "--parallel", "fsdp", "--resume"), timeout=150)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     got, want = read_weights(str(out / f"checkpoint-{STEPS}")), read_weights(str(ref / f"checkpoint-{STEPS}"))
     print("fsdp resume: max |w - w_ref| =", max_diff(got, want))
@@ -655,11 +651,7 @@ def test_torchrun_rank_without_prompts(tmp_path, reference_run, parallel):
     ref = tmp_path / "ref"
     SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
     out = tmp_path / "out"
-    port = free_port()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "sgpo_engine.cli", "train", "--config", config, "--output", str(out),
-           *overrides]
-    r = run(cmd, timeout=150, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+    r = run(torchrun_train(config, out, *overrides), timeout=150)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
     got, want = read_weights(str(out / "checkpoint-1")), read_weights(str(ref / "checkpoint-1"))
     assert max_diff(got, want) < 1e-5
