@@ -84,6 +84,7 @@ class SGPOTrainer:
         self.model = self.policy.decoder
         self.fsdp = cfg.parallel == "fsdp" and self.dist.world > 1
         self.full_policy = None  # FSDP: an unsharded copy for rollouts, evaluation and saving
+        self._full_step = -1     # the step whose weights full_policy holds (one all-gather per step)
         if self.fsdp:
             self.full_policy = self._frozen_copy()
             if isinstance(self.rollout, LocalRollout):
@@ -155,10 +156,12 @@ class SGPOTrainer:
         refreshed from the shards (an all-gather: every rank calls it)."""
         if not self.fsdp:
             return self.policy
-        state = fsdp.full_state_dict(self.policy.decoder)
-        with torch.no_grad():
-            for name, t in self.full_policy.decoder.state_dict().items():
-                t.copy_(state[name])
+        if self._full_step != self.step:  # the weights change only in _update, before step += 1
+            state = fsdp.full_state_dict(self.policy.decoder)
+            with torch.no_grad():
+                for name, t in self.full_policy.decoder.state_dict().items():
+                    t.copy_(state[name])
+            self._full_step = self.step
         return self.full_policy
 
     # ------------------------------------------------------------------ checkpoints
