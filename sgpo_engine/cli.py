@@ -58,7 +58,8 @@ def _generate(args, _overrides) -> int:
 def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
-             jobs=args.jobs, sweep=args.sweep, arms=args.arms.split(",") if args.arms else None)
+             jobs=args.jobs, sweep=args.sweep, arms=args.arms.split(",") if args.arms else None,
+             regime=args.regime, lrs=[float(x) for x in args.lrs.split(",")] if args.lrs else None)
     return 0
 
 
@@ -95,14 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="one JSON object per completion")
     g.set_defaults(func=_generate, overrides_ok=False)
 
-    d = sub.add_parser("demo", help="GRPO vs SGPO vs SGPO-prefix on the built-in multistep task (the embedded default)")
+    # allow_abbrev off: `--seed 1` and `--lr 3e-4` are training overrides, not --seeds or --lrs
+    d = sub.add_parser("demo", help="GRPO vs SGPO vs SGPO-prefix on the built-in multistep task (the embedded default)",
+                       allow_abbrev=False)
     d.add_argument("--output", default="runs/demo")
     d.add_argument("--quick", action="store_true", help="a 2-minute smoke version (CI)")
     d.add_argument("--full", action="store_true", help="the longer, more seeds version")
     d.add_argument("--seeds", type=int, default=None)
     d.add_argument("--jobs", type=int, default=None, help="parallel runs (default: one per core)")
-    d.add_argument("--arms", default=None, help="comma-separated subset of grpo,sgpo,sgpo-prefix (default: all)")
-    d.add_argument("--sweep", action="store_true", help="GRPO alone at each learning rate of the sweep (one seed)")
+    d.add_argument("--arms", default=None, help="comma-separated arms: grpo, sgpo, sgpo-prefix (the default), "
+                   "sgpo-guard, sgpo-prefix-guard (with the phantom-gradient guard)")
+    d.add_argument("--sweep", action="store_true", help="each arm at each learning rate of the sweep (one seed)")
+    d.add_argument("--lrs", default=None, help="comma-separated learning rates for --sweep (default: 1e-5,3e-5,1e-4,3e-4)")
+    d.add_argument("--regime", default="default", choices=("default", "hard"),
+                   help="hard: chains of 13-16 operations, longer than the warm start has seen")
     d.set_defaults(func=_demo, overrides_ok=True)
 
     from . import serve

@@ -20,11 +20,17 @@ scale across threads). Writes
 and prints a short table. The numbers are what they are: if an arm does not
 beat GRPO in a setting, the table says so.
 
-`sgpo demo --sweep` trains GRPO alone at each of SWEEP_LRS (one seed) and
-ranks them by rollout accuracy over the last steps (not by the held-out set
-the comparison reports); GRPO_LR below is its pick. A sweep reuses the runs of
-an earlier sweep.json in the same folder with the same settings, so widening
-SWEEP_LRS only trains the new learning rates.
+`sgpo demo --sweep` trains each arm (default: the three above) at each of
+SWEEP_LRS (one seed) and ranks every arm's learning rates by rollout accuracy
+over the last steps (not by the held-out set the comparison reports); GRPO_LR
+below is GRPO's pick. `--lrs` narrows the grid. A sweep reuses the runs of an
+earlier sweep.json in the same folder with the same settings, so widening the
+grid or adding an arm only trains what is new.
+
+`--regime hard` trains on longer chains (13-16 operations) than the warm start
+has seen, where about 90% of the groups start all-negative and GRPO mostly
+starves. The `-guard` arms add the phantom-gradient guard (credited_std_floor,
+docs/design.md section 1.5) to an SGPO arm.
 """
 from __future__ import annotations
 
@@ -47,13 +53,33 @@ from .train.config import apply_overrides
 # trains at it: the arms differ in how they assign credit and nothing else.
 GRPO_LR = 3e-5
 SWEEP_LRS = (1e-5, 3e-5, 1e-4, 3e-4)
+# The guard's floor on a credited group's std. With beta 5, one step more of
+# correct prefix in a 12-step chain raises the credit by about 0.1 near the
+# middle: credits closer than one step's worth are not blown up to the unit
+# scale of a right-vs-wrong group (whose std is at least 0.35 with 8 samples).
+GUARD_FLOOR = 0.1
 ARMS = {
     "grpo": dict(scope="off"),
     "sgpo": dict(scope="all_negative"),
     "sgpo-prefix": dict(scope="all_negative", credit_assignment="prefix"),
+    "sgpo-guard": dict(scope="all_negative", credited_std_floor=GUARD_FLOOR),
+    "sgpo-prefix-guard": dict(scope="all_negative", credit_assignment="prefix", credited_std_floor=GUARD_FLOOR),
 }
+DEMO_ARMS = ("grpo", "sgpo", "sgpo-prefix")  # what `sgpo demo` runs without --arms
+# Each arm's learning rate: its best of SWEEP_LRS in `sgpo demo --full --sweep`
+# (docs/demo/sweep.json). `--lr X` trains every arm at X instead.
+ARM_LRS = {"grpo": GRPO_LR, "sgpo": GRPO_LR, "sgpo-prefix": GRPO_LR, "sgpo-guard": GRPO_LR,
+           "sgpo-prefix-guard": GRPO_LR}
 
-ARM_COLORS = {"grpo": "tab:gray", "sgpo": "tab:blue", "sgpo-prefix": "tab:orange"}
+ARM_COLORS = {"grpo": "tab:gray", "sgpo": "tab:blue", "sgpo-prefix": "tab:orange", "sgpo-guard": "tab:cyan",
+              "sgpo-prefix-guard": "tab:red"}
+
+# The task: the demo's chains (the warm start's hardest), or longer ones it has
+# never seen (max_new_tokens: 9 per operation + 8, tasks/warmup.py).
+REGIMES = {
+    "default": {},
+    "hard": dict(task_min_ops=13, task_max_ops=16, max_new_tokens=152),
+}
 
 # The shared training settings of every arm (docs/design.md section 6.8).
 BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8, max_new_tokens=112,
@@ -62,8 +88,9 @@ BASE = dict(task_min_ops=10, task_max_ops=12, prompts_per_step=16, num_samples=8
 PROFILES = {
     "quick": dict(steps=4, seeds=1, eval_n=10, eval_every=2, base=dict(prompts_per_step=4, num_samples=4)),
     "default": dict(steps=24, seeds=3, eval_n=100, eval_every=8, base={}),
-    "full": dict(steps=100, seeds=3, eval_n=300, eval_every=20, base={}),
+    "full": dict(steps=100, seeds=3, eval_n=300, eval_every=10, base={}),
 }
+SWEEP_EVAL_EVERY = {"full": 20}  # the sweep ranks by rollout accuracy: a coarser held-out view will do
 CURVES = ("accuracy", "all_negative_frac", "credited_frac", "reward_mean", "sgpo_reward_mean",
           "correct_prefix_frac", "premature_answer_frac", "response_len_mean", "rts_mean",
           "adv_abs_credited", "adv_abs_mixed")
@@ -106,16 +133,24 @@ def _run_arm(arm: str, settings: dict, seed: int, base: dict, overrides: list, o
 
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
              overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False,
-             arms: Optional[Sequence[str]] = None) -> dict:
+             arms: Optional[Sequence[str]] = None, regime: str = "default",
+             lrs: Optional[Sequence[float]] = None) -> dict:
     from .tasks import evaluate, load_policy
-    prof = PROFILES["quick" if quick else "full" if full else "default"]
+    name = "quick" if quick else "full" if full else "default"
+    prof = PROFILES[name]
     unknown = sorted(set(arms or ()) - set(ARMS))
     if unknown:
         raise ValueError(f"arms: unknown {', '.join(unknown)} (expected some of {', '.join(ARMS)})")
-    arms = {f"grpo-lr{lr:g}": dict(scope="off", lr=lr) for lr in SWEEP_LRS} if sweep else \
-        {a: ARMS[a] for a in (arms or ARMS)}
+    if regime not in REGIMES:
+        raise ValueError(f"regime: unknown {regime!r} (expected one of {', '.join(REGIMES)})")
+    if sweep:
+        arms = _sweep_arms(arms or DEMO_ARMS, lrs or SWEEP_LRS)
+    else:  # each arm at its own best rate, or every arm at the one `--lr` names
+        common = "lr" in _overridden(overrides)
+        arms = {a: ARMS[a] if common else {**ARMS[a], "lr": ARM_LRS[a]} for a in (arms or DEMO_ARMS)}
     n_seeds = seeds or (1 if sweep else prof["seeds"])
-    base = {**BASE, **prof["base"], "max_steps": prof["steps"]}
+    eval_every = SWEEP_EVAL_EVERY.get(name, prof["eval_every"]) if sweep else prof["eval_every"]
+    base = {**BASE, **REGIMES[regime], **prof["base"], "max_steps": prof["steps"]}
     shared = apply_overrides(TrainConfig(**base), list(overrides))  # what every arm trains on
     ks = list(range(shared.task_min_ops, shared.task_max_ops + 1))
     os.makedirs(output, exist_ok=True)
@@ -126,21 +161,24 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     start_acc = _mean_acc(start_eval)
     settings = {**base, "task_min_ops": shared.task_min_ops, "task_max_ops": shared.task_max_ops,
                 "model": shared.model, "steps": prof["steps"], "seeds": n_seeds, "eval_problems_per_k": prof["eval_n"],
-                "eval_every": prof["eval_every"], "ks": ks, "arms": arms, "overrides": list(overrides)}
+                "eval_every": eval_every, "ks": ks, "arms": arms, "overrides": list(overrides), "regime": regime}
     runs: dict = {a: {} for a in arms}
     if sweep:
         runs = _earlier_sweep_runs(os.path.join(output, "sweep.json"), settings, runs)
+        settings["arms"] = {**{a: {**ARMS[a.rsplit("-lr", 1)[0]], "lr": next(iter(r.values()))["lr"]}
+                               for a, r in runs.items() if r},
+                            **arms}
     todo = [(a, s) for s in range(n_seeds) for a in arms if str(s) not in runs[a]]
     jobs = jobs or max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(_run_arm, a, arms[a], s, base, list(overrides), output, ks, prof["eval_n"],
-                               prof["eval_every"]): (a, s) for a, s in todo}
+                               eval_every): (a, s) for a, s in todo}
         for fut in concurrent.futures.as_completed(futures):
             a, s = futures[fut]
             run = fut.result()
             run["heldout"] = [(0, start_acc)] + [tuple(p) for p in run["heldout"]]  # curves start at the warm start
             runs[a][str(s)] = run
-    runs = {a: dict(sorted(r.items())) for a, r in runs.items()}
+    runs = {a: dict(sorted(r.items())) for a, r in sorted(runs.items(), key=_arm_order)}
     results = {"settings": settings, "heldout_start": start_eval, "heldout_start_accuracy": start_acc,
                "runs": runs, "summary": _summary(runs, baseline="grpo" if "grpo" in runs else None),
                "seconds": time.perf_counter() - t0}
@@ -149,9 +187,25 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     name = "sweep" if sweep else "results"
     _write_json(os.path.join(output, f"{name}.json"), results)
     plot = _plot(results, os.path.join(output, "sweep.png" if sweep else "demo.png"))
-    print(_table(results))
+    print(_sweep_table(results) if sweep else _table(results))
     print(f"results: {os.path.join(output, name + '.json')}" + (f", plot: {plot}" if plot else ""))
     return results
+
+
+def _arm_order(item) -> tuple:
+    """Arms in ARMS order, a sweep's learning rates rising within each arm."""
+    run, by_seed = item
+    return list(ARMS).index(run.rsplit("-lr", 1)[0] if run not in ARMS else run), next(iter(by_seed.values()), {}).get("lr", 0)
+
+
+def _overridden(overrides: Sequence[str]) -> set:
+    """The fields `--field value` / `--field=value` overrides set."""
+    return {o[2:].partition("=")[0].replace("-", "_") for o in overrides if o.startswith("--")}
+
+
+def _sweep_arms(arms: Sequence[str], lrs: Sequence[float]) -> dict:
+    """Each arm at each learning rate: {"sgpo-lr3e-05": {..., "lr": 3e-05}, ...}."""
+    return {f"{a}-lr{lr:g}": {**ARMS[a], "lr": lr} for a in arms for lr in lrs}
 
 
 def _earlier_sweep_runs(path: str, settings: dict, runs: dict) -> dict:
@@ -167,7 +221,7 @@ def _earlier_sweep_runs(path: str, settings: dict, runs: dict) -> dict:
         return runs
     kept = {a: dict(old["runs"].get(a, {})) for a in runs}
     _log(f"{path}: reusing {sum(map(len, kept.values()))} run(s) of an earlier sweep")
-    return kept
+    return {**old["runs"], **kept}  # the earlier sweep's other arms stay in the file (and the ranking)
 
 
 def _mean_acc(ev: dict) -> float:
@@ -223,16 +277,20 @@ def _summary(runs: dict, baseline: Optional[str]) -> dict:
 
 
 def _rank_sweep(runs: dict) -> dict:
-    """The sweep's arms ranked by mean rollout accuracy over the last SWEEP_TAIL
-    steps (training prompts: the held-out set stays out of the choice)."""
-    score = {arm: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
-                                   for r in by_seed.values()) for arm, by_seed in runs.items()}
-    best = max(score, key=score.get)
-    lr = next(iter(runs[best].values()))["lr"]
-    _log(f"sweep: best GRPO learning rate {lr:g} (rollout accuracy, last {SWEEP_TAIL} steps: "
-         + ", ".join(f"{a} {v:.3f}" for a, v in score.items()) + ")")
-    return {"criterion": f"rollout accuracy, mean of the last {SWEEP_TAIL} steps", "scores": score,
-            "best_arm": best, "best_lr": lr}
+    """Each arm's learning rates ranked by mean rollout accuracy over the last
+    SWEEP_TAIL steps (training prompts: the held-out set stays out of the
+    choice). best: {arm: {"run": sweep arm, "lr": its learning rate}}."""
+    score = {run: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
+                                   for r in by_seed.values()) for run, by_seed in runs.items()}
+    best = {}
+    for run in runs:  # "sgpo-prefix-lr3e-05" is arm "sgpo-prefix" at lr 3e-05
+        arm = run.rsplit("-lr", 1)[0]
+        if arm not in best or score[run] > score[best[arm]["run"]]:
+            best[arm] = {"run": run, "lr": next(iter(runs[run].values()))["lr"]}
+    for arm, b in best.items():
+        _log(f"sweep: best {arm} learning rate {b['lr']:g} (rollout accuracy, last {SWEEP_TAIL} steps: "
+             + ", ".join(f"{run} {v:.3f}" for run, v in score.items() if run.rsplit("-lr", 1)[0] == arm) + ")")
+    return {"criterion": f"rollout accuracy, mean of the last {SWEEP_TAIL} steps", "scores": score, "best": best}
 
 
 def _table(results: dict) -> str:
@@ -260,6 +318,26 @@ def _table(results: dict) -> str:
                 f"{st['eval_problems_per_k']} problems per k every {st['eval_every']} steps; 'to reach': mean "
                 f"steps to GRPO's final held-out accuracy over the seeds that reached it; train columns: "
                 f"mean of the last 10 steps)")
+    return "\n".join(rows)
+
+
+def _sweep_table(results: dict) -> str:
+    """Per arm and learning rate: the ranking score, where the run ended and
+    whether it broke (held-out accuracy below the warm start's)."""
+    s, sw, start = results["summary"], results["sweep"], results["heldout_start_accuracy"]
+    w = max(len(run) for run in s)
+    rows = [f"{'run':{w}s} {'rollout acc':>11s} {'held-out':>8s} {'premature':>9s} {'length':>6s} "
+            f"{'|adv| credited/mixed':>20s}"]
+    for run, v in s.items():
+        arm = run.rsplit("-lr", 1)[0]
+        mark = "best" if sw["best"][arm]["run"] == run else "broke" if v["heldout_accuracy_mean"] < start else ""
+        adv = " / ".join("-" if x != x else f"{x:.2f}" for x in (v["adv_abs_credited_mean"], v["adv_abs_mixed_mean"]))
+        rows.append(f"{run:{w}s} {sw['scores'][run]:11.3f} {v['heldout_accuracy_mean']:8.3f} "
+                    f"{v['premature_answer_last10']:9.2f} {v['response_len_last10']:6.1f} {adv:>20s}  {mark}")
+    st = results["settings"]
+    rows.append(f"(one seed, {st['steps']} steps, k {st['ks'][0]}-{st['ks'][-1]}; rollout acc: {sw['criterion']}, "
+                f"what ranks; held-out: {st['eval_problems_per_k']} problems per k at the end, warm start "
+                f"{start:.3f}; broke: ended below the warm start)")
     return "\n".join(rows)
 
 

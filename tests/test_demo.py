@@ -26,7 +26,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
             assert run["heldout"][0][1] == res["heldout_start_accuracy"]
             assert run["heldout"][-1][1] == run["heldout_end_accuracy"]
             assert set(run["heldout_end"]) == {f"k{k}" for k in st["ks"]}
-            assert run["lr"] == st["lr"] == demo.GRPO_LR
+            assert run["lr"] == demo.ARM_LRS[arm] and st["lr"] == demo.GRPO_LR
             if arm == "grpo":  # scope off: nothing is ever credited
                 assert all(v == 0.0 for v in run["steps"]["credited_frac"])
             assert (out / f"{arm}-seed0" / "metrics.jsonl").exists()
@@ -46,28 +46,53 @@ def test_demo_quick_writes_results(tmp_path, capsys):
     assert all(a in table for a in ("grpo", "sgpo-prefix", "held-out", "to reach", "premature"))
 
 
-def test_demo_sweep_ranks_grpo_learning_rates(tmp_path, capsys):
+def _sweep_scores(runs: dict) -> dict:
+    tail = lambda acc: acc[-demo.SWEEP_TAIL:]
+    return {run: sum(tail(r["steps"]["accuracy"])) / len(tail(r["steps"]["accuracy"]))
+            for run, by_seed in runs.items() for r in by_seed.values()}
+
+
+def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
     out = tmp_path / "sweep"
-    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
+    sweep = ["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]
+    assert cli.main(sweep + ["--arms", "grpo,sgpo-guard", "--lrs", "1e-5,3e-4"]) == 0
     res = json.loads((out / "sweep.json").read_text())
-    assert set(res["runs"]) == {f"grpo-lr{lr:g}" for lr in demo.SWEEP_LRS}
+    assert set(res["runs"]) == {"grpo-lr1e-05", "grpo-lr0.0003", "sgpo-guard-lr1e-05", "sgpo-guard-lr0.0003"}
+    assert res["settings"]["arms"]["sgpo-guard-lr0.0003"] == {**demo.ARMS["sgpo-guard"], "lr": 3e-4}
     sw = res["sweep"]
-    scores = {arm: sum(r["steps"]["accuracy"][-demo.SWEEP_TAIL:]) / len(r["steps"]["accuracy"][-demo.SWEEP_TAIL:])
-              for arm, by_seed in res["runs"].items() for r in by_seed.values()}
-    assert sw["scores"] == scores and sw["best_arm"] == max(scores, key=scores.get)
-    assert sw["best_lr"] == res["runs"][sw["best_arm"]]["0"]["lr"]
-    assert all(r["steps"]["credited_frac"] == [0.0] * 2
-               for by_seed in res["runs"].values() for r in by_seed.values())
-    assert "best GRPO learning rate" in capsys.readouterr().err
-    # the same sweep again reuses every run; other settings are not mixed in
-    assert cli.main(["demo", "--quick", "--sweep", "--output", str(out), "--max-steps", "2"]) == 0
-    assert f"reusing {len(demo.SWEEP_LRS)} run(s)" in capsys.readouterr().err
-    assert json.loads((out / "sweep.json").read_text())["runs"] == res["runs"]
+    scores = _sweep_scores(res["runs"])
+    assert sw["scores"] == scores
+    for arm in ("grpo", "sgpo-guard"):  # each arm's best rate among its own runs
+        mine = {run: v for run, v in scores.items() if run.startswith(arm + "-lr")}
+        assert sw["best"][arm]["run"] == max(mine, key=mine.get)
+        assert sw["best"][arm]["lr"] == res["runs"][sw["best"][arm]["run"]]["0"]["lr"]
+    assert all(r["steps"]["credited_frac"] == [0.0] * 2 for r in res["runs"]["grpo-lr1e-05"].values())
+    assert "best grpo learning rate" in capsys.readouterr().err
+    # another rate for one arm: the earlier runs are reused and every arm stays in the file
+    assert cli.main(sweep + ["--arms", "grpo", "--lrs", "1e-5,1e-4"]) == 0
+    assert "reusing 1 run(s)" in capsys.readouterr().err
+    again = json.loads((out / "sweep.json").read_text())
+    assert set(again["runs"]) == set(res["runs"]) | {"grpo-lr0.0001"}
+    assert all(again["runs"][run] == res["runs"][run] for run in res["runs"])
+    assert set(again["settings"]["arms"]) == set(again["runs"]) and set(again["sweep"]["best"]) == {"grpo", "sgpo-guard"}
     empty = {a: {} for a in res["runs"]}
     path = str(out / "sweep.json")
-    assert demo._earlier_sweep_runs(path, {**res["settings"], "lr": 1.0}, empty) == res["runs"]  # arms set the lr
-    assert demo._earlier_sweep_runs(path, {**res["settings"], "steps": 3}, empty) == empty
+    assert demo._earlier_sweep_runs(path, {**again["settings"], "lr": 1.0}, empty) == again["runs"]  # arms set the lr
+    assert demo._earlier_sweep_runs(path, {**again["settings"], "steps": 3}, empty) == empty
     assert "another sweep's settings" in capsys.readouterr().err
+
+
+def test_demo_hard_regime_trains_on_longer_chains(tmp_path):
+    out = tmp_path / "hard"
+    assert cli.main(["demo", "--quick", "--regime", "hard", "--arms", "sgpo-prefix-guard", "--output", str(out),
+                     "--max-steps", "1", "--lr=1e-4"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs"]["sgpo-prefix-guard"]["0"]["lr"] == 1e-4  # --lr: every arm at that rate, not its own best
+    st = res["settings"]
+    assert st["regime"] == "hard" and st["ks"] == [13, 14, 15, 16] and st["max_new_tokens"] == 152
+    assert set(res["heldout_start"]) == {"k13", "k14", "k15", "k16"}
+    metrics = [json.loads(line) for line in (out / "sgpo-prefix-guard-seed0" / "metrics.jsonl").open()]
+    assert metrics[0]["all_negative_frac"] >= 0.5  # the warm start mostly fails chains this long
 
 
 def test_demo_unknown_arm_is_a_clear_error(tmp_path, capsys):
