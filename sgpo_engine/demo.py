@@ -186,7 +186,8 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
         results["sweep"] = _rank_sweep(runs)
     name = "sweep" if sweep else "results"
     _write_json(os.path.join(output, f"{name}.json"), results)
-    plot = _plot(results, os.path.join(output, "sweep.png" if sweep else "demo.png"))
+    plot = _plot_sweep(results, os.path.join(output, "sweep.png")) if sweep else \
+        _plot(results, os.path.join(output, "demo.png"))
     print(_sweep_table(results) if sweep else _table(results))
     print(f"results: {os.path.join(output, name + '.json')}" + (f", plot: {plot}" if plot else ""))
     return results
@@ -347,12 +348,8 @@ PANELS = (("heldout", "held-out greedy accuracy"), ("accuracy", "rollout accurac
 
 
 def _plot(results: dict, path: str) -> Optional[str]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        _log("matplotlib is not installed: no plot (pip install matplotlib)")
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
     colors = dict(zip(results["runs"], ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
@@ -383,6 +380,53 @@ def _plot(results: dict, path: str) -> Optional[str]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+SWEEP_PANELS = (("score", "rollout accuracy, last 20 steps (ranks)"), ("heldout_accuracy_mean", "held-out accuracy, end"),
+                ("premature_answer_last10", "premature answers, last 10 steps"),
+                ("response_len_last10", "response length, last 10 steps"))
+
+
+def _plot_sweep(results: dict, path: str) -> Optional[str]:
+    """One line per arm across the learning rates: what ranks, where it ends,
+    and the gaming gauges."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
+    by_arm: dict = {}
+    for run, v in results["summary"].items():
+        lr = next(iter(results["runs"][run].values()))["lr"]
+        by_arm.setdefault(run.rsplit("-lr", 1)[0], []).append((lr, {**v, "score": results["sweep"]["scores"][run]}))
+    for ax, (key, title) in zip(axes, SWEEP_PANELS):
+        for arm, points in by_arm.items():
+            points.sort(key=lambda p: p[0])
+            ax.plot([p[0] for p in points], [p[1][key] for p in points], marker="o", color=ARM_COLORS.get(arm),
+                    ls="--" if arm.endswith("-guard") else "-", label=arm)
+        if key == "heldout_accuracy_mean":
+            ax.axhline(results["heldout_start_accuracy"], color="black", lw=0.8, ls=":", label="warm start")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    st = results["settings"]
+    fig.suptitle(f"learning-rate sweep, k {st['ks'][0]}-{st['ks'][-1]}, {st['steps']} steps, one seed per rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        _log("matplotlib is not installed: no plot (pip install matplotlib)")
+        return None
 
 
 def _smooth(x: torch.Tensor, w: int = 5) -> list:
