@@ -48,9 +48,9 @@ import torch
 from .train import SGPOTrainer, TrainConfig
 from .train.config import apply_overrides
 
-# GRPO's learning rate: the best of SWEEP_LRS in `sgpo demo --full --sweep`
-# (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO. Every arm
-# trains at it: the arms differ in how they assign credit and nothing else.
+# GRPO's learning rate: its best of SWEEP_LRS in `sgpo demo --full --sweep`
+# (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO. It is the
+# base every arm starts from; ARM_LRS below sets each arm's own.
 GRPO_LR = 3e-5
 SWEEP_LRS = (1e-5, 3e-5, 1e-4, 3e-4)
 # The guard's floor on a credited group's std. With beta 5, one step more of
@@ -68,8 +68,7 @@ ARMS = {
 DEMO_ARMS = ("grpo", "sgpo", "sgpo-prefix")  # what `sgpo demo` runs without --arms
 # Each arm's learning rate: its best of SWEEP_LRS in `sgpo demo --full --sweep`
 # (docs/demo/sweep.json). `--lr X` trains every arm at X instead.
-ARM_LRS = {"grpo": GRPO_LR, "sgpo": GRPO_LR, "sgpo-prefix": GRPO_LR, "sgpo-guard": GRPO_LR,
-           "sgpo-prefix-guard": GRPO_LR}
+ARM_LRS = {"grpo": GRPO_LR, "sgpo": 1e-4, "sgpo-prefix": 1e-4, "sgpo-guard": 1e-4, "sgpo-prefix-guard": 1e-4}
 
 ARM_COLORS = {"grpo": "tab:gray", "sgpo": "tab:blue", "sgpo-prefix": "tab:orange", "sgpo-guard": "tab:cyan",
               "sgpo-prefix-guard": "tab:red"}
