@@ -271,8 +271,13 @@ def _summary(runs: dict, baseline: Optional[str]) -> dict:
         if target is not None:
             reach = [_steps_to_reach(r["heldout"], target) for r in by_seed.values()]
             got = [x for x in reach if x is not None]
+            # against the baseline's whole run (its final accuracy is the target); a seed that never
+            # reached it leaves the ratio undefined rather than flattering
+            steps = len(next(iter(runs[baseline].values()))["steps"]["accuracy"])
             out[arm].update(target_accuracy=target, steps_to_reach=reach,
-                            steps_to_reach_mean=statistics.fmean(got) if got else None)
+                            steps_to_reach_mean=statistics.fmean(got) if got else None,
+                            steps_to_reach_ratio=statistics.fmean(got) / steps if got and len(got) == len(reach)
+                            else None)
     return out
 
 
@@ -297,22 +302,27 @@ def _table(results: dict) -> str:
     s = results["summary"]
     w = max(12, *(len(a) for a in s))
     has_reach = any("steps_to_reach" in v for v in s.values())
-    rows = [f"{'arm':{w}s} {'held-out acc':>15s} {'to reach':>9s} {'train acc':>9s} {'all-neg':>7s} "
+    rows = [f"{'arm':{w}s} {'lr':>6s} {'held-out acc':>15s} {'to reach':>9s} {'train acc':>9s} {'all-neg':>7s} "
             f"{'credited':>8s} {'prefix':>6s} {'premature':>9s} {'length':>6s}",
-            f"{'warm start':{w}s} {results['heldout_start_accuracy']:15.3f}"]
+            f"{'warm start':{w}s} {'':6s} {results['heldout_start_accuracy']:15.3f}"]
     for arm, v in s.items():
         reach = "-"
         if has_reach:
             got = sum(x is not None for x in v["steps_to_reach"])
             mean = f"{v['steps_to_reach_mean']:.0f}" if got else "-"
             reach = f"{mean} ({got}/{len(v['steps_to_reach'])})"
-        rows.append(f"{arm:{w}s} {v['heldout_accuracy_mean']:7.3f} ± {v['heldout_accuracy_std']:.3f} {reach:>9s} "
+        lr = next(iter(results["runs"][arm].values()))["lr"]
+        rows.append(f"{arm:{w}s} {lr:6.0e} {v['heldout_accuracy_mean']:7.3f} ± {v['heldout_accuracy_std']:.3f} {reach:>9s} "
                     f"{v['train_accuracy_last10']:9.3f} {v['all_negative_frac_last10']:7.2f} "
                     f"{v['credited_frac_last10']:8.2f} {v['correct_prefix_last10']:6.2f} "
                     f"{v['premature_answer_last10']:9.2f} {v['response_len_last10']:6.1f}")
     rows.append("mean |advantage|, credited groups / mixed groups: " + ", ".join(
         f"{arm} {v.get('adv_abs_credited_mean', float('nan')):.2f} / {v.get('adv_abs_mixed_mean', float('nan')):.2f}"
         for arm, v in s.items()))
+    if has_reach:
+        rows.append("steps to reach GRPO's final accuracy / GRPO's steps: " + ", ".join(
+            f"{arm} {v['steps_to_reach_ratio']:.2f}x" if v.get("steps_to_reach_ratio") is not None else f"{arm} -"
+            for arm, v in s.items()))
     st = results["settings"]
     rows.append(f"({st['seeds']} seed(s), {st['steps']} steps, k {st['ks'][0]}-{st['ks'][-1]}, held-out: "
                 f"{st['eval_problems_per_k']} problems per k every {st['eval_every']} steps; 'to reach': mean "
