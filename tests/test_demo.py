@@ -40,6 +40,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
         run = res["runs"][arm]["0"]
         want = next((step for step, acc in run["heldout"] if acc >= target - 1e-9), None)
         assert v["steps_to_reach"] == [want]
+        assert v["steps_to_reach_ratio"] == (None if want is None else want / steps)
     assert s["grpo"]["steps_to_reach"][0] is not None  # GRPO reaches its own final accuracy
     assert os.path.getsize(out / "demo.png") > 1000
     table = capsys.readouterr().out
