@@ -1,8 +1,9 @@
 """`sgpo demo`: GRPO vs SGPO vs SGPO with step-level credit, from one warm start.
 
-Three arms train with identical settings except what defines them (`ARMS`),
-at GRPO's best learning rate from `sgpo demo --sweep`: plain GRPO (scope
-"off"), SGPO as published (sequence-level credit) and SGPO with prefix credit
+Three arms train with identical settings except what defines them (`ARMS`)
+and their learning rate, each its own best from `sgpo demo --full --sweep`
+(ARM_LRS; `--lr X` puts every arm at X): plain GRPO (scope "off"), SGPO as
+published (sequence-level credit) and SGPO with prefix credit
 (`credit_assignment = "prefix"`: in credited groups the advantage reaches only
 the judged steps, see train/credit.py). The task is the hardest chains the
 warm start has seen (10-12 operations), where most groups start all-negative.
