@@ -64,13 +64,7 @@ class _FakeHandler(BaseHTTPRequestHandler):
         with s.lock:
             n = len(s.requests)
             s.requests.append((self.path, body, dict(self.headers)))
-            s.in_flight += 1
-            s.max_in_flight = max(s.max_in_flight, s.in_flight)
-        try:
-            self._act(s.script(n, body))
-        finally:
-            with s.lock:
-                s.in_flight -= 1
+        self._act(s.script(n, body))
 
     def do_GET(self):  # GET /v1/models, for check_server; the script sees body None
         s = self.server
@@ -82,7 +76,18 @@ class _FakeHandler(BaseHTTPRequestHandler):
     def _act(self, action):
         kind = action[0]
         if kind == "sleep":
-            time.sleep(action[1])
+            # in flight: while the server works on a request it has read and not yet answered.
+            # Counting up to the reply's last byte would race the client, which may read the
+            # reply and send its next request before this thread gets to decrement.
+            s = self.server
+            with s.lock:
+                s.in_flight += 1
+                s.max_in_flight = max(s.max_in_flight, s.in_flight)
+            try:
+                time.sleep(action[1])
+            finally:
+                with s.lock:
+                    s.in_flight -= 1
             return self._act(action[2])
         if kind == "close":
             self.close_connection = True
