@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 import torch
 
 from .train import SGPOTrainer, TrainConfig
-from .train.config import apply_overrides
+from .train.config import apply_overrides, parse_overrides
 
 # GRPO's learning rate: its best of SWEEP_LRS in `sgpo demo --full --sweep`
 # (docs/demo/sweep.json), so SGPO is compared with a tuned GRPO. It is the
@@ -146,7 +146,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     if sweep:
         arms = _sweep_arms(arms or DEMO_ARMS, lrs or SWEEP_LRS)
     else:  # each arm at its own best rate, or every arm at the one `--lr` names
-        common = "lr" in _overridden(overrides)
+        common = "lr" in parse_overrides(list(overrides))
         arms = {a: ARMS[a] if common else {**ARMS[a], "lr": ARM_LRS[a]} for a in (arms or DEMO_ARMS)}
     n_seeds = seeds or (1 if sweep else prof["seeds"])
     eval_every = SWEEP_EVAL_EVERY.get(name, prof["eval_every"]) if sweep else prof["eval_every"]
@@ -165,9 +165,7 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     runs: dict = {a: {} for a in arms}
     if sweep:
         runs = _earlier_sweep_runs(os.path.join(output, "sweep.json"), settings, runs)
-        settings["arms"] = {**{a: {**ARMS[a.rsplit("-lr", 1)[0]], "lr": next(iter(r.values()))["lr"]}
-                               for a, r in runs.items() if r},
-                            **arms}
+        settings["arms"] = {**{a: {**ARMS[_arm_of(a)], "lr": _lr_of(r)} for a, r in runs.items() if r}, **arms}
     todo = [(a, s) for s in range(n_seeds) for a in arms if str(s) not in runs[a]]
     jobs = jobs or max(1, min(len(todo), os.cpu_count() or 1))
     with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -193,15 +191,20 @@ def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False,
     return results
 
 
+def _arm_of(run: str) -> str:
+    """The arm a run name belongs to: "sgpo-prefix-lr3e-05" (a sweep's) -> "sgpo-prefix"."""
+    return run.rsplit("-lr", 1)[0]
+
+
+def _lr_of(by_seed: dict) -> float:
+    """The learning rate of a run (every seed of a run trains at the same one)."""
+    return next(iter(by_seed.values()))["lr"]
+
+
 def _arm_order(item) -> tuple:
     """Arms in ARMS order, a sweep's learning rates rising within each arm."""
     run, by_seed = item
-    return list(ARMS).index(run.rsplit("-lr", 1)[0] if run not in ARMS else run), next(iter(by_seed.values()), {}).get("lr", 0)
-
-
-def _overridden(overrides: Sequence[str]) -> set:
-    """The fields `--field value` / `--field=value` overrides set."""
-    return {o[2:].partition("=")[0].replace("-", "_") for o in overrides if o.startswith("--")}
+    return list(ARMS).index(_arm_of(run)), _lr_of(by_seed) if by_seed else 0
 
 
 def _sweep_arms(arms: Sequence[str], lrs: Sequence[float]) -> dict:
@@ -289,13 +292,13 @@ def _rank_sweep(runs: dict) -> dict:
     score = {run: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
                                    for r in by_seed.values()) for run, by_seed in runs.items()}
     best = {}
-    for run in runs:  # "sgpo-prefix-lr3e-05" is arm "sgpo-prefix" at lr 3e-05
-        arm = run.rsplit("-lr", 1)[0]
+    for run in runs:
+        arm = _arm_of(run)
         if arm not in best or score[run] > score[best[arm]["run"]]:
-            best[arm] = {"run": run, "lr": next(iter(runs[run].values()))["lr"]}
+            best[arm] = {"run": run, "lr": _lr_of(runs[run])}
     for arm, b in best.items():
         _log(f"sweep: best {arm} learning rate {b['lr']:g} (rollout accuracy, last {SWEEP_TAIL} steps: "
-             + ", ".join(f"{run} {v:.3f}" for run, v in score.items() if run.rsplit("-lr", 1)[0] == arm) + ")")
+             + ", ".join(f"{run} {v:.3f}" for run, v in score.items() if _arm_of(run) == arm) + ")")
     return {"criterion": f"rollout accuracy, mean of the last {SWEEP_TAIL} steps", "scores": score, "best": best}
 
 
@@ -312,7 +315,7 @@ def _table(results: dict) -> str:
             got = sum(x is not None for x in v["steps_to_reach"])
             mean = f"{v['steps_to_reach_mean']:.0f}" if got else "-"
             reach = f"{mean} ({got}/{len(v['steps_to_reach'])})"
-        lr = next(iter(results["runs"][arm].values()))["lr"]
+        lr = _lr_of(results["runs"][arm])
         rows.append(f"{arm:{w}s} {lr:6.0e} {v['heldout_accuracy_mean']:7.3f} ± {v['heldout_accuracy_std']:.3f} {reach:>9s} "
                     f"{v['train_accuracy_last10']:9.3f} {v['all_negative_frac_last10']:7.2f} "
                     f"{v['credited_frac_last10']:8.2f} {v['correct_prefix_last10']:6.2f} "
@@ -340,8 +343,7 @@ def _sweep_table(results: dict) -> str:
     rows = [f"{'run':{w}s} {'rollout acc':>11s} {'held-out':>8s} {'premature':>9s} {'length':>6s} "
             f"{'|adv| credited/mixed':>20s}"]
     for run, v in s.items():
-        arm = run.rsplit("-lr", 1)[0]
-        mark = "best" if sw["best"][arm]["run"] == run else "broke" if v["heldout_accuracy_mean"] < start else ""
+        mark = "best" if sw["best"][_arm_of(run)]["run"] == run else "broke" if v["heldout_accuracy_mean"] < start else ""
         adv = " / ".join("-" if x != x else f"{x:.2f}" for x in (v["adv_abs_credited_mean"], v["adv_abs_mixed_mean"]))
         rows.append(f"{run:{w}s} {sw['scores'][run]:11.3f} {v['heldout_accuracy_mean']:8.3f} "
                     f"{v['premature_answer_last10']:9.2f} {v['response_len_last10']:6.1f} {adv:>20s}  {mark}")
@@ -406,8 +408,8 @@ def _plot_sweep(results: dict, path: str) -> Optional[str]:
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
     by_arm: dict = {}
     for run, v in results["summary"].items():
-        lr = next(iter(results["runs"][run].values()))["lr"]
-        by_arm.setdefault(run.rsplit("-lr", 1)[0], []).append((lr, {**v, "score": results["sweep"]["scores"][run]}))
+        by_arm.setdefault(_arm_of(run), []).append((_lr_of(results["runs"][run]),
+                                                     {**v, "score": results["sweep"]["scores"][run]}))
     for ax, (key, title) in zip(axes, SWEEP_PANELS):
         for arm, points in by_arm.items():
             points.sort(key=lambda p: p[0])

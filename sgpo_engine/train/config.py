@@ -272,9 +272,10 @@ def load(path: Optional[str], overrides: Optional[list[str]] = None) -> TrainCon
     return apply_overrides(cfg, overrides or []).validate()
 
 
-def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:
-    """`--max-steps 3 --lr=1e-6 --resume` (a bool flag alone means true)."""
-    out = dataclasses.asdict(cfg)
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--max-steps 3 --lr=1e-6 --resume` -> {"max_steps": 3, "lr": 1e-6, "resume": True}
+    (a bool flag alone means true)."""
+    out: dict[str, Any] = {}
     i = 0
     while i < len(args):
         arg = args[i]
@@ -295,7 +296,12 @@ def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:
                 value = args[i]
         out[name] = _coerce(name, value)
         i += 1
-    return TrainConfig(**out)
+    return out
+
+
+def apply_overrides(cfg: TrainConfig, args: list[str]) -> TrainConfig:
+    """cfg with the `--field value` overrides of parse_overrides applied."""
+    return TrainConfig(**{**dataclasses.asdict(cfg), **parse_overrides(args)})
 
 
 def to_toml(cfg: TrainConfig) -> str:
