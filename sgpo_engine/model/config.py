@@ -8,11 +8,10 @@ Defaults for optional fields are those of the transformers config class of
 each architecture (transformers 5.x), so a config.json that relies on a class
 default means the same thing here as in transformers. The fields that fix
 tensor shapes are required: a config.json without them is an error rather
-than a silently different model.
+than a silently different model. RoPE fields are read and written by rope.py.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+
+from .rope import RopeScaling, rope_fields, rope_of
 
 # Architectures the decoder implements, and how each one differs from Llama.
 #   qkv_bias:  "config"  -> q/k/v/o projections have a bias when attention_bias is true
@@ -52,7 +53,6 @@ _ARCHITECTURES: dict[str, dict[str, Any]] = {
                       head_dim=128)),
 }
 SUPPORTED_ARCHITECTURES = tuple(_ARCHITECTURES)
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
@@ -75,29 +75,6 @@ def parse_dtype(value: Any, *, what: str = "dtype") -> Optional[torch.dtype]:
 def dtype_name(dtype: torch.dtype) -> str:
     """torch.bfloat16 -> 'bfloat16' (the spelling config.json uses)."""
     return str(dtype).removeprefix("torch.")
-
-
-@dataclass(frozen=True)
-class RopeScaling:
-    """One RoPE scaling recipe (transformers' `rope_parameters` minus rope_theta).
-
-    Unused fields stay None; `original_max_position_embeddings` is resolved
-    (to max_position_embeddings when absent) for llama3 and yarn, as
-    transformers does.
-    """
-    rope_type: str                      # linear | llama3 | dynamic | yarn
-    factor: Optional[float] = None
-    # llama3
-    low_freq_factor: Optional[float] = None
-    high_freq_factor: Optional[float] = None
-    original_max_position_embeddings: Optional[int] = None
-    # yarn
-    attention_factor: Optional[float] = None
-    beta_fast: Optional[float] = None
-    beta_slow: Optional[float] = None
-    mscale: Optional[float] = None
-    mscale_all_dim: Optional[float] = None
-    truncate: bool = True
 
 
 @dataclass
@@ -250,10 +227,7 @@ class ModelConfig:
             bad("hidden_act", f"only silu (SwiGLU) is supported, got {act!r}")
         head_dim = opt("head_dim", int, defaults.get("head_dim"))
         max_pos = opt("max_position_embeddings", int, defaults["max_position_embeddings"])
-        rope_theta, rope_scaling = _rope(d, max_pos, bad)
-        prf = d.get("partial_rotary_factor")
-        if prf is not None and prf != 1.0:
-            bad("partial_rotary_factor", f"only 1.0 (full rotary) is supported by {arch}, got {prf!r}")
+        rope_theta, rope_scaling = rope_of(d, max_pos, arch, bad)
 
         bias_kind = spec["qkv_bias"]
         attn_bias = opt("attention_bias", bool, False) if bias_kind == "config" else bias_kind == "always"
@@ -316,18 +290,10 @@ class ModelConfig:
     def to_hf_dict(self, dtype: Optional[torch.dtype] = None) -> dict:
         """The config.json to write: the dict this config was parsed from (so
         fields we do not model survive a round trip) with our fields written
-        over it. RoPE is written both ways: transformers-5 `rope_parameters`
-        (rope_theta inside) and the older top-level `rope_theta` + `rope_scaling`,
-        which transformers 4 reads and transformers 5 accepts as the same thing."""
+        over it; RoPE both ways (see `rope.rope_fields`)."""
         spec = _ARCHITECTURES[self.architecture]
         d = dict(self.raw)
         d.pop("rope_scaling", None)
-        rope = {"rope_type": "default", "rope_theta": self.rope_theta}
-        if self.rope_scaling is not None:
-            rope = {k: v for k, v in dataclasses.asdict(self.rope_scaling).items() if v is not None}
-            if rope.get("truncate") is True:
-                rope.pop("truncate")          # the default; keeps llama3 configs free of yarn keys
-            rope["rope_theta"] = self.rope_theta
         d.update(
             architectures=[self.architecture],
             model_type=d.get("model_type", spec["model_type"]),
@@ -340,10 +306,7 @@ class ModelConfig:
             head_dim=self.head_dim,
             hidden_act=d.get("hidden_act", "silu"),
             rms_norm_eps=self.rms_norm_eps,
-            rope_parameters=rope,
-            rope_theta=self.rope_theta,
-            rope_scaling=None if self.rope_scaling is None else
-            {k: v for k, v in rope.items() if k != "rope_theta"},
+            **rope_fields(self.rope_theta, self.rope_scaling),
             max_position_embeddings=self.max_position_embeddings,
             tie_word_embeddings=self.tie_word_embeddings,
             bos_token_id=self.bos_token_id,
@@ -389,74 +352,6 @@ def _architecture(d, bad) -> str:
         bad("architectures", f"unsupported architecture {archs[0]!r} "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     return archs[0]
-
-
-def _rope(d, max_pos, bad) -> tuple[float, Optional[RopeScaling]]:
-    """(rope_theta, scaling) from either spelling: transformers-5 `rope_parameters`
-    (with rope_theta inside) or the older top-level `rope_theta` + `rope_scaling`
-    (with `type` or `rope_type`). As in transformers, `rope_scaling` wins when both
-    are present, and a theta inside the dict wins over the top-level one."""
-    if d.get("rope_scaling") is not None:
-        name, params = "rope_scaling", d["rope_scaling"]
-    else:
-        name, params = "rope_parameters", d.get("rope_parameters")
-    params = {} if params is None else params
-    if not isinstance(params, dict):
-        bad(name, f"expected an object, got {params!r}")
-    if any(isinstance(v, dict) for v in params.values()):
-        bad(name, "per-layer-type RoPE parameters are not supported")
-    theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
-    if not _is_num(theta) or theta <= 0:
-        bad(f"{name}.rope_theta" if "rope_theta" in params else "rope_theta",
-            f"expected a positive number, got {theta!r}")
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type not in SUPPORTED_ROPE_TYPES:
-        bad(f"{name}.rope_type", f"unknown rope type {rope_type!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
-    if params.get("partial_rotary_factor", 1.0) != 1.0:
-        bad(f"{name}.partial_rotary_factor", f"only 1.0 is supported, got {params['partial_rotary_factor']!r}")
-    if rope_type == "default":
-        return theta, None
-
-    def num(key, required, positive=True):
-        v = params.get(key)
-        if v is None:
-            if required:
-                bad(f"{name}.{key}", f"missing (required by rope type {rope_type!r})")
-            return None
-        if not _is_num(v) or (positive and v <= 0):
-            bad(f"{name}.{key}", f"expected a positive number, got {v!r}")
-        return float(v)
-
-    def orig_max():
-        v = params.get("original_max_position_embeddings")
-        if v is None:
-            return max_pos  # transformers' setdefault for llama3 / yarn
-        if not _is_int(v) or v <= 0:
-            bad(f"{name}.original_max_position_embeddings", f"expected a positive integer, got {v!r}")
-        return v
-
-    if rope_type in ("linear", "dynamic"):
-        return theta, RopeScaling(rope_type, factor=num("factor", True))
-    if rope_type == "llama3":
-        low, high = num("low_freq_factor", True), num("high_freq_factor", True)
-        if high == low:
-            bad(f"{name}.high_freq_factor", "must differ from low_freq_factor")
-        return theta, RopeScaling(rope_type, factor=num("factor", True), low_freq_factor=low,
-                                  high_freq_factor=high, original_max_position_embeddings=orig_max())
-    # yarn: factor may be omitted (then max_position_embeddings / original_max_position_embeddings)
-    omax = orig_max()
-    factor = num("factor", False)
-    if factor is None:
-        factor = max_pos / omax
-    truncate = params.get("truncate", True)
-    if not isinstance(truncate, bool):
-        bad(f"{name}.truncate", f"expected true or false, got {truncate!r}")
-    return theta, RopeScaling(
-        rope_type, factor=factor, original_max_position_embeddings=omax,
-        attention_factor=num("attention_factor", False, positive=False),
-        beta_fast=num("beta_fast", False, positive=False), beta_slow=num("beta_slow", False, positive=False),
-        mscale=num("mscale", False, positive=False), mscale_all_dim=num("mscale_all_dim", False, positive=False),
-        truncate=truncate)
 
 
 def _sliding(d, spec, defaults, layers, bad) -> tuple[Optional[int], tuple[bool, ...]]:

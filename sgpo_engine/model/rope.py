@@ -1,5 +1,6 @@
-"""Rotary position embeddings: inverse frequencies for each scaling recipe,
-and cos/sin for given positions.
+"""Rotary position embeddings: the RoPE fields of a config.json (read and
+written), inverse frequencies for each scaling recipe, and cos/sin for given
+positions.
 
 The recipes reproduce transformers' `modeling_rope_utils` (5.x) numerically:
 fp32 frequencies, the same formula order, the same yarn correction range. They
@@ -11,14 +12,143 @@ i + head_dim/2.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .config import ModelConfig, RopeScaling
+from .json_fields import Bad, is_int, is_num
+
+if TYPE_CHECKING:  # config.py imports this module for RopeScaling and the parsing
+    from .config import ModelConfig
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 
+@dataclass(frozen=True)
+class RopeScaling:
+    """One RoPE scaling recipe (transformers' `rope_parameters` minus rope_theta).
+
+    Unused fields stay None; `original_max_position_embeddings` is resolved
+    (to max_position_embeddings when absent) for llama3 and yarn, as
+    transformers does.
+    """
+    rope_type: str                      # linear | llama3 | dynamic | yarn
+    factor: Optional[float] = None
+    # llama3
+    low_freq_factor: Optional[float] = None
+    high_freq_factor: Optional[float] = None
+    original_max_position_embeddings: Optional[int] = None
+    # yarn
+    attention_factor: Optional[float] = None
+    beta_fast: Optional[float] = None
+    beta_slow: Optional[float] = None
+    mscale: Optional[float] = None
+    mscale_all_dim: Optional[float] = None
+    truncate: bool = True
+
+
+# ----------------------------------------------------------------------
+# config.json
+# ----------------------------------------------------------------------
+def rope_of(d: dict, max_pos: int, architecture: str, bad: Bad) -> tuple[float, Optional[RopeScaling]]:
+    """(rope_theta, scaling) of config.json `d` (`max_pos`: its max_position_embeddings).
+    The decoder rotates all of head_dim, so a partial_rotary_factor other than 1 is an error."""
+    theta, scaling = _recipe(d, max_pos, bad)
+    prf = d.get("partial_rotary_factor")
+    if prf is not None and prf != 1.0:
+        bad("partial_rotary_factor", f"only 1.0 (full rotary) is supported by {architecture}, got {prf!r}")
+    return theta, scaling
+
+
+def rope_fields(theta: float, scaling: Optional[RopeScaling]) -> dict:
+    """The RoPE fields of a config.json, written both ways: transformers-5
+    `rope_parameters` (rope_theta inside) and the older top-level `rope_theta` +
+    `rope_scaling`, which transformers 4 reads and transformers 5 accepts as the
+    same thing."""
+    rope = {"rope_type": "default", "rope_theta": theta}
+    if scaling is not None:
+        rope = {k: v for k, v in dataclasses.asdict(scaling).items() if v is not None}
+        if rope.get("truncate") is True:
+            rope.pop("truncate")          # the default; keeps llama3 configs free of yarn keys
+        rope["rope_theta"] = theta
+    return dict(rope_parameters=rope, rope_theta=theta,
+                rope_scaling=None if scaling is None else {k: v for k, v in rope.items() if k != "rope_theta"})
+
+
+def _recipe(d: dict, max_pos: int, bad: Bad) -> tuple[float, Optional[RopeScaling]]:
+    """(rope_theta, scaling) from either spelling: transformers-5 `rope_parameters`
+    (with rope_theta inside) or the older top-level `rope_theta` + `rope_scaling`
+    (with `type` or `rope_type`). As in transformers, `rope_scaling` wins when both
+    are present, and a theta inside the dict wins over the top-level one."""
+    if d.get("rope_scaling") is not None:
+        name, params = "rope_scaling", d["rope_scaling"]
+    else:
+        name, params = "rope_parameters", d.get("rope_parameters")
+    params = {} if params is None else params
+    if not isinstance(params, dict):
+        bad(name, f"expected an object, got {params!r}")
+    if any(isinstance(v, dict) for v in params.values()):
+        bad(name, "per-layer-type RoPE parameters are not supported")
+    theta = params.get("rope_theta", d.get("rope_theta", 10000.0))
+    if not is_num(theta) or theta <= 0:
+        bad(f"{name}.rope_theta" if "rope_theta" in params else "rope_theta",
+            f"expected a positive number, got {theta!r}")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        bad(f"{name}.rope_type", f"unknown rope type {rope_type!r} (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        bad(f"{name}.partial_rotary_factor", f"only 1.0 is supported, got {params['partial_rotary_factor']!r}")
+    if rope_type == "default":
+        return theta, None
+
+    def num(key, required, positive=True):
+        v = params.get(key)
+        if v is None:
+            if required:
+                bad(f"{name}.{key}", f"missing (required by rope type {rope_type!r})")
+            return None
+        if not is_num(v) or (positive and v <= 0):
+            bad(f"{name}.{key}", f"expected a positive number, got {v!r}")
+        return float(v)
+
+    def orig_max():
+        v = params.get("original_max_position_embeddings")
+        if v is None:
+            return max_pos  # transformers' setdefault for llama3 / yarn
+        if not is_int(v) or v <= 0:
+            bad(f"{name}.original_max_position_embeddings", f"expected a positive integer, got {v!r}")
+        return v
+
+    if rope_type in ("linear", "dynamic"):
+        return theta, RopeScaling(rope_type, factor=num("factor", True))
+    if rope_type == "llama3":
+        low, high = num("low_freq_factor", True), num("high_freq_factor", True)
+        if high == low:
+            bad(f"{name}.high_freq_factor", "must differ from low_freq_factor")
+        return theta, RopeScaling(rope_type, factor=num("factor", True), low_freq_factor=low,
+                                  high_freq_factor=high, original_max_position_embeddings=orig_max())
+    # yarn: factor may be omitted (then max_position_embeddings / original_max_position_embeddings)
+    omax = orig_max()
+    factor = num("factor", False)
+    if factor is None:
+        factor = max_pos / omax
+    truncate = params.get("truncate", True)
+    if not isinstance(truncate, bool):
+        bad(f"{name}.truncate", f"expected true or false, got {truncate!r}")
+    return theta, RopeScaling(
+        rope_type, factor=factor, original_max_position_embeddings=omax,
+        attention_factor=num("attention_factor", False, positive=False),
+        beta_fast=num("beta_fast", False, positive=False), beta_slow=num("beta_slow", False, positive=False),
+        mscale=num("mscale", False, positive=False), mscale_all_dim=num("mscale_all_dim", False, positive=False),
+        truncate=truncate)
+
+
+# ----------------------------------------------------------------------
+# frequencies
+# ----------------------------------------------------------------------
 def _base_inv_freq(theta: float, dim: int, device=None) -> torch.Tensor:
     """theta^(-2i/dim) for i in [0, dim/2): the unscaled RoPE frequencies."""
     exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).float() / dim  # [dim/2]
