@@ -1,6 +1,7 @@
-"""The model layer: HF config parsing, the decoder, RoPE, tokenizer, and
-safetensors load/save (docs/design.md sections 2 and 4.1)."""
-from .config import ModelConfig, SUPPORTED_ARCHITECTURES, parse_dtype
+"""The model layer: HF config parsing, the architectures, the decoder, RoPE,
+tokenizer, and safetensors load/save (docs/design.md sections 2 and 4.1)."""
+from .architectures import SUPPORTED_ARCHITECTURES
+from .config import ModelConfig, parse_dtype
 from .decoder import AttentionFn, Decoder
 from .io import save
 from .policy import Policy, load
