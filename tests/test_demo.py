@@ -1,10 +1,17 @@
-"""`sgpo demo --quick` end to end: the three arms (and the GRPO learning-rate
+"""`sgpo demo --quick` end to end: the three arms (and the learning-rate
 sweep) train from the shipped warm start and the outputs are well-formed."""
 import json
 import math
 import os
+import pathlib
 
-from sgpo_engine import cli, demo
+from sgpo_engine import cli
+from sgpo_engine.demo.arms import ARMS, GRPO_LR, SWEEP_LRS
+from sgpo_engine.demo.runs import make_plan, read_runs, results_settings
+from sgpo_engine.demo.stats import SWEEP_TAIL
+from sgpo_engine.demo.sweep import SWEEP_EVAL_EVERY, earlier_runs
+
+SHIPPED_SWEEP = pathlib.Path(__file__).resolve().parent.parent / "docs" / "demo" / "sweep.json"
 
 
 def test_demo_quick_writes_results(tmp_path, capsys):
@@ -26,7 +33,8 @@ def test_demo_quick_writes_results(tmp_path, capsys):
             assert run["heldout"][0][1] == res["heldout_start_accuracy"]
             assert run["heldout"][-1][1] == run["heldout_end_accuracy"]
             assert set(run["heldout_end"]) == {f"k{k}" for k in st["ks"]}
-            assert run["lr"] == demo.ARM_LRS[arm] and st["lr"] == demo.GRPO_LR
+            assert run["lr"] == ARMS[arm].lr and st["lr"] == GRPO_LR
+            assert run["arm"] == arm  # a record names its run's key, (arm, lr)
             if arm == "grpo":  # scope off: nothing is ever credited
                 assert all(v == 0.0 for v in run["steps"]["credited_frac"])
             assert (out / f"{arm}-seed0" / "metrics.jsonl").exists()
@@ -48,7 +56,7 @@ def test_demo_quick_writes_results(tmp_path, capsys):
 
 
 def _sweep_scores(runs: dict) -> dict:
-    tail = lambda acc: acc[-demo.SWEEP_TAIL:]
+    tail = lambda acc: acc[-SWEEP_TAIL:]
     return {run: sum(tail(r["steps"]["accuracy"])) / len(tail(r["steps"]["accuracy"]))
             for run, by_seed in runs.items() for r in by_seed.values()}
 
@@ -59,7 +67,7 @@ def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
     assert cli.main(sweep + ["--arms", "grpo,sgpo-guard", "--lrs", "1e-5,3e-4"]) == 0
     res = json.loads((out / "sweep.json").read_text())
     assert set(res["runs"]) == {"grpo-lr1e-05", "grpo-lr0.0003", "sgpo-guard-lr1e-05", "sgpo-guard-lr0.0003"}
-    assert res["settings"]["arms"]["sgpo-guard-lr0.0003"] == {**demo.ARMS["sgpo-guard"], "lr": 3e-4}
+    assert res["settings"]["arms"]["sgpo-guard-lr0.0003"] == {**ARMS["sgpo-guard"].settings, "lr": 3e-4}
     sw = res["sweep"]
     scores = _sweep_scores(res["runs"])
     assert sw["scores"] == scores
@@ -76,11 +84,31 @@ def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
     assert set(again["runs"]) == set(res["runs"]) | {"grpo-lr0.0001"}
     assert all(again["runs"][run] == res["runs"][run] for run in res["runs"])
     assert set(again["settings"]["arms"]) == set(again["runs"]) and set(again["sweep"]["best"]) == {"grpo", "sgpo-guard"}
-    empty = {a: {} for a in res["runs"]}
+    keys = list(read_runs(res["runs"]))
+    assert set(keys) == {("grpo", 1e-5), ("grpo", 3e-4), ("sgpo-guard", 1e-5), ("sgpo-guard", 3e-4)}
     path = str(out / "sweep.json")
-    assert demo._earlier_sweep_runs(path, {**again["settings"], "lr": 1.0}, empty) == again["runs"]  # arms set the lr
-    assert demo._earlier_sweep_runs(path, {**again["settings"], "steps": 3}, empty) == empty
+    assert earlier_runs(path, {**again["settings"], "lr": 1.0}, keys) == read_runs(again["runs"])  # arms set the lr
+    assert earlier_runs(path, {**again["settings"], "steps": 3}, keys) == {}
     assert "another sweep's settings" in capsys.readouterr().err
+
+
+def test_shipped_sweep_is_reused_by_a_full_sweep(capsys):
+    """docs/demo/sweep.json holds every arm at every rate of `sgpo demo --full --sweep`:
+    run again in that folder, the sweep would train nothing."""
+    plan = make_plan("unused", "full", "default", [], SWEEP_EVAL_EVERY["full"])
+    keys = [(arm, lr) for arm in ARMS for lr in SWEEP_LRS]
+    got = earlier_runs(str(SHIPPED_SWEEP), results_settings(plan, {}, seeds=1), keys)
+    assert sorted(got) == sorted(keys) and all(set(by_seed) == {"0"} for by_seed in got.values())
+    assert "reusing 20 run(s)" in capsys.readouterr().err
+
+
+def test_sweep_without_arms_in_its_records_is_not_reused(tmp_path, capsys):
+    plan = make_plan(str(tmp_path), "quick", "default", [], 2)
+    settings = results_settings(plan, {}, seeds=1)
+    old = {"settings": settings, "runs": {"grpo-lr1e-05": {"0": {"lr": 1e-5}}}}  # written before records named it
+    (tmp_path / "sweep.json").write_text(json.dumps(old))
+    assert earlier_runs(str(tmp_path / "sweep.json"), settings, [("grpo", 1e-5)]) == {}
+    assert "do not name their arm" in capsys.readouterr().err
 
 
 def test_demo_hard_regime_trains_on_longer_chains(tmp_path):

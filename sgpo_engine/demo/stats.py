@@ -1,0 +1,98 @@
+"""The numbers the demo reports, from its runs: {(arm, lr): {seed: record}}
+(runs.py). A summary per run (held-out accuracy over seeds, the training
+curves' last steps, the phantom-gradient gauge, steps to reach a baseline's
+final accuracy) and the sweep's ranking of each arm's learning rates.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Optional
+
+SWEEP_TAIL = 20  # steps of rollout accuracy the sweep ranks by
+RANKING = f"rollout accuracy, mean of the last {SWEEP_TAIL} steps"  # what the sweep ranks by, in words
+
+
+def mean_accuracy(ev: dict) -> float:
+    """The mean over k of a held-out evaluation's accuracy ({"k10": {"accuracy": ...}, ...})."""
+    return sum(v["accuracy"] for v in ev.values()) / len(ev)
+
+
+def mean_std(xs) -> tuple:
+    """Mean and std over the values that are there (None: missing); NaN, NaN for none."""
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def curve_mean(by_seed: dict, curve: str) -> float:
+    """Mean of a per-step curve over every step and seed that has a value (None, NaN: none)."""
+    xs = [x for r in by_seed.values() for x in r["steps"].get(curve, []) if x is not None and x == x]
+    return statistics.fmean(xs) if xs else float("nan")
+
+
+def last10_mean(by_seed: dict, curve: str) -> float:
+    """A curve's mean over its last 10 steps, averaged over the seeds (where the run ended up)."""
+    per_seed = [statistics.fmean([x for x in r["steps"][curve][-10:] if x is not None] or [float("nan")])
+                for r in by_seed.values()]
+    return mean_std(per_seed)[0]
+
+
+def steps_to_reach(curve: list, target: float) -> Optional[int]:
+    """The first evaluated step whose held-out accuracy is >= target (None: never)."""
+    return next((step for step, acc in curve if acc >= target - 1e-9), None)
+
+
+def summarize(runs: dict, baseline: Optional[tuple]) -> dict:
+    """Per run: held-out accuracy at the end (mean, std over seeds), the
+    training curves' last 10 steps, and, given a baseline run, the steps each
+    seed took to reach the baseline's final held-out accuracy (its mean over seeds)."""
+    target = baseline_steps = None
+    if baseline in runs:
+        target = statistics.fmean(r["heldout_end_accuracy"] for r in runs[baseline].values())
+        baseline_steps = len(next(iter(runs[baseline].values()))["steps"]["accuracy"])
+    out = {}
+    for key, by_seed in runs.items():
+        acc, acc_sd = mean_std([r["heldout_end_accuracy"] for r in by_seed.values()])
+        out[key] = {"heldout_accuracy_mean": acc, "heldout_accuracy_std": acc_sd,
+                    "train_accuracy_last10": last10_mean(by_seed, "accuracy"),
+                    "all_negative_frac_last10": last10_mean(by_seed, "all_negative_frac"),
+                    "credited_frac_last10": last10_mean(by_seed, "credited_frac"),
+                    "correct_prefix_last10": last10_mean(by_seed, "correct_prefix_frac"),
+                    "premature_answer_last10": last10_mean(by_seed, "premature_answer_frac"),
+                    "response_len_last10": last10_mean(by_seed, "response_len_mean"),
+                    # the phantom-gradient gauge: mean |advantage| in credited vs mixed groups, all steps
+                    "adv_abs_credited_mean": curve_mean(by_seed, "adv_abs_credited"),
+                    "adv_abs_mixed_mean": curve_mean(by_seed, "adv_abs_mixed")}
+        if target is not None:
+            out[key].update(_reach(by_seed, target, baseline_steps))
+    return out
+
+
+def _reach(by_seed: dict, target: float, baseline_steps: int) -> dict:
+    """Steps to reach `target` per seed, their mean, and that mean as a share of
+    the baseline's whole run (its final accuracy is the target); a seed that
+    never reached it leaves the ratio undefined rather than flattering."""
+    reach = [steps_to_reach(r["heldout"], target) for r in by_seed.values()]
+    got = [x for x in reach if x is not None]
+    return dict(target_accuracy=target, steps_to_reach=reach,
+                steps_to_reach_mean=statistics.fmean(got) if got else None,
+                steps_to_reach_ratio=statistics.fmean(got) / baseline_steps if got and len(got) == len(reach)
+                else None)
+
+
+def rollout_scores(runs: dict) -> dict:
+    """What the sweep ranks by: each run's mean rollout accuracy over its last
+    SWEEP_TAIL steps (training prompts: the held-out set stays out of the choice)."""
+    return {key: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
+                                  for r in by_seed.values()) for key, by_seed in runs.items()}
+
+
+def best_rates(scores: dict) -> dict:
+    """Each arm's best run by score, {arm: (arm, lr)}; of equal scores the first."""
+    best: dict = {}
+    for key, score in scores.items():
+        arm = key[0]
+        if arm not in best or score > scores[best[arm]]:
+            best[arm] = key
+    return best
