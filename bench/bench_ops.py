@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sgpo_engine as se  # noqa: E402
 from sgpo_engine import reference  # noqa: E402
+from sgpo_engine.options import CREDIT  # noqa: E402
 
 
 # ---------------------------------------------------------------- measurement
@@ -127,11 +128,12 @@ def bench_policy_loss(args, device):
     return {"shape": info["shape"], "results": rows}
 
 
-def eager_group_advantages(rewards, correct, rts, G, beta=5.0, gamma=0.5, eps=1e-4):
+def eager_group_advantages(rewards, correct, rts, G, credit_beta=CREDIT.credit_beta, credit_gamma=CREDIT.credit_gamma,
+                           eps=CREDIT.eps):
     """SGPO advantages in plain torch ops: what a trainer writes without the op."""
     all_neg = ~correct.view(-1, G).any(1)
     admit = ~correct & ~torch.isnan(rts) & all_neg.repeat_interleave(G)
-    used = torch.where(admit, torch.sigmoid(beta * (rts - gamma)), rewards).view(-1, G)
+    used = torch.where(admit, torch.sigmoid(credit_beta * (rts - credit_gamma)), rewards).view(-1, G)
     mean, std = used.mean(1, keepdim=True), used.std(1, keepdim=True)
     return ((used - mean) / (std + eps)).view(-1)
 

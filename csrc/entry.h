@@ -50,8 +50,9 @@ inline GroupAdvOut group_advantages_entry(GroupAdvOut (*impl)(const GroupAdvArgs
                                           int64_t group_size, const std::optional<at::Tensor>& group_offsets,
                                           const std::optional<at::Tensor>& correct,
                                           const std::optional<at::Tensor>& rts, std::string_view scope,
-                                          std::string_view credit, double beta, double gamma, double credit_scale,
-                                          std::string_view scale, double eps, double credited_std_floor) {
+                                          std::string_view credit, double credit_beta, double credit_gamma,
+                                          double credit_scale, std::string_view scale, double eps,
+                                          double credited_std_floor) {
   CHECK_DIM(rewards, 1);
   CHECK_FLOAT(rewards);
   const int64_t n = rewards.size(0);
@@ -88,16 +89,16 @@ inline GroupAdvOut group_advantages_entry(GroupAdvOut (*impl)(const GroupAdvArgs
   a.credit.scope = parse_scope(scope);
   a.credit.credit = parse_credit(credit);
   a.scale = parse_scale(scale);
-  CHECK_NUMBER(beta, -INFINITY, INFINITY);
-  CHECK_NUMBER(gamma, -INFINITY, INFINITY);
+  CHECK_NUMBER(credit_beta, -INFINITY, INFINITY);
+  CHECK_NUMBER(credit_gamma, -INFINITY, INFINITY);
   CHECK_NUMBER(credit_scale, -INFINITY, INFINITY);
   CHECK_NUMBER(eps, 0.0, INFINITY);
   CHECK_NUMBER(credited_std_floor, 0.0, INFINITY);
   a.credit.std_floor = credited_std_floor;
   // Credit needs both the verifier's verdict and the judge's score.
   if (!a.correct.defined() || !a.rts.defined()) a.credit.scope = Scope::Off;
-  a.credit.beta = beta;
-  a.credit.gamma = gamma;
+  a.credit.credit_beta = credit_beta;
+  a.credit.credit_gamma = credit_gamma;
   a.credit.credit_scale = credit_scale;
   a.eps = eps;
   return impl(a);
@@ -211,10 +212,11 @@ struct OpEntries {
 
   static GroupAdvOut group_advantages(const at::Tensor& rewards, int64_t group_size, const Opt& group_offsets,
                                       const Opt& correct, const Opt& rts, std::string_view scope,
-                                      std::string_view credit, double beta, double gamma, double credit_scale,
-                                      std::string_view scale, double eps, double credited_std_floor) {
+                                      std::string_view credit, double credit_beta, double credit_gamma,
+                                      double credit_scale, std::string_view scale, double eps,
+                                      double credited_std_floor) {
     return group_advantages_entry(BE::group_advantages, rewards, group_size, group_offsets, correct, rts, scope,
-                                  credit, beta, gamma, credit_scale, scale, eps, credited_std_floor);
+                                  credit, credit_beta, credit_gamma, credit_scale, scale, eps, credited_std_floor);
   }
 
   static at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& prefix_k, const at::Tensor& prefix_v,

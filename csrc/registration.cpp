@@ -17,7 +17,7 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(sgpo, m) {
   m.def(
       "group_advantages(Tensor rewards, int group_size, Tensor? offsets, Tensor? correct, "
-      "Tensor? rts, str scope, str credit, float beta, float gamma, float credit_scale, "
+      "Tensor? rts, str scope, str credit, float credit_beta, float credit_gamma, float credit_scale, "
       "str scale, float eps, float credited_std_floor=0.) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "sample(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "

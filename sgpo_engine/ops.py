@@ -22,7 +22,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import reference
-from .options import CREDITS, IS_LEVELS, LOSS_TYPES, SCALES, SCOPES, check_choice
+from .options import CREDIT, CREDITS, IS_LEVELS, LOSS_TYPES, SCALES, SCOPES, check_choice
 
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.sgpo.*)
@@ -90,17 +90,19 @@ def _fixed_size(group_offsets, n) -> Optional[int]:
 
 
 def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=None, rts=None,
-                     scope="all_negative", credit="sigmoid", beta=5.0, gamma=0.5,
-                     credit_scale=0.5, scale="group", eps=1e-4, credited_std_floor=0.0) -> GroupAdvantages:
+                     scope=CREDIT.scope, credit=CREDIT.credit, credit_beta=CREDIT.credit_beta,
+                     credit_gamma=CREDIT.credit_gamma, credit_scale=CREDIT.credit_scale, scale=CREDIT.scale,
+                     eps=CREDIT.eps, credited_std_floor=CREDIT.credited_std_floor) -> GroupAdvantages:
     """SGPO rewards and group-normalized advantages in one pass.
 
     rewards [N] outcome rewards, in contiguous groups of `group_size` or given
     by `group_offsets` [P+1]; correct [N] bool and rts [N] (NaN = not judged)
     turn the rewards of incorrect responses in scope into partial credit
-    (sigmoid(beta * (rts - gamma)) or credit_scale * rts). Without `correct`,
-    a reward > 0 counts as correct for `all_negative`. credited_std_floor > 0
-    (scale "group"): a group with partial credit divides by max(std, floor) + eps,
-    so nearly equal credits do not become unit-scale advantages.
+    (sigmoid(credit_beta * (rts - credit_gamma)) or credit_scale * rts).
+    Without `correct`, a reward > 0 counts as correct for `all_negative`.
+    credited_std_floor > 0 (scale "group"): a group with partial credit
+    divides by max(std, floor) + eps, so nearly equal credits do not become
+    unit-scale advantages. The defaults are options.CREDIT's (published SGPO).
     """
     if group_offsets is not None:
         group_offsets = torch.as_tensor(group_offsets, device=getattr(rewards, "device", None))
@@ -112,15 +114,15 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
                 group_size, group_offsets = fixed, None
     if isinstance(group_size, bool) or (group_size is not None and not isinstance(group_size, numbers.Integral)):
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
-    args = (rewards, int(group_size or 0), group_offsets, correct, rts, scope, credit, float(beta), float(gamma),
-            float(credit_scale), scale, float(eps), float(credited_std_floor))
+    args = (rewards, int(group_size or 0), group_offsets, correct, rts, scope, credit, float(credit_beta),
+            float(credit_gamma), float(credit_scale), scale, float(eps), float(credited_std_floor))
     if _use_extension():
         return GroupAdvantages(*torch.ops.sgpo.group_advantages(*args))
     return GroupAdvantages(*_group_advantages_fallback(*args))
 
 
-def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts, scope, credit, beta, gamma,
-                               credit_scale, scale, eps, credited_std_floor):
+def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts, scope, credit, credit_beta,
+                               credit_gamma, credit_scale, scale, eps, credited_std_floor):
     """The reference, after the checks it needs (csrc/entry.h makes them for the op)."""
     for name, value, options in (("scope", scope, SCOPES), ("credit", credit, CREDITS), ("scale", scale, SCALES)):
         check_choice(name, value, options)
@@ -149,16 +151,16 @@ def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts,
     dev = rewards.device
     cpu = lambda t: None if t is None else t.cpu()
     out = reference.group_advantages(rewards.cpu(), group_offsets.cpu(), cpu(None if correct is None else correct.bool()),
-                                     cpu(rts), scope=scope, credit=credit, beta=beta, gamma=gamma,
-                                     credit_scale=credit_scale, scale=scale, eps=eps,
+                                     cpu(rts), scope=scope, credit=credit, credit_beta=credit_beta,
+                                     credit_gamma=credit_gamma, credit_scale=credit_scale, scale=scale, eps=eps,
                                      credited_std_floor=credited_std_floor)
     return [t.to(dev) for t in out]
 
 
 if HAS_EXTENSION:
     @torch.library.register_fake("sgpo::group_advantages")
-    def _(rewards, group_size, offsets, correct, rts, scope, credit, beta, gamma, credit_scale, scale, eps,
-          credited_std_floor=0.0):
+    def _(rewards, group_size, offsets, correct, rts, scope, credit, credit_beta, credit_gamma, credit_scale, scale,
+          eps, credited_std_floor=0.0):
         N = rewards.shape[0]
         P = offsets.shape[0] - 1 if offsets is not None else N // group_size
         f = rewards.new_empty

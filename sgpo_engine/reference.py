@@ -31,11 +31,12 @@ def _shifted_moments(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, std
 
 
-def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_negative",
-                     credit="sigmoid", beta=5.0, gamma=0.5, credit_scale=0.5,
-                     scale="group", eps=1e-4, credited_std_floor=0.0):
+def group_advantages(rewards, offsets, correct=None, rts=None, *, scope, credit, credit_beta, credit_gamma,
+                     credit_scale, scale, eps, credited_std_floor):
     """rewards [N] float, offsets [P+1] int64 (contiguous, non-empty groups),
     correct [N] bool or None, rts [N] float (NaN = not judged) or None.
+    The settings (named as options.CreditConfig's fields) are all required:
+    their defaults live in options.CREDIT alone.
     scale "group" divides a group with partial credit by max(std, credited_std_floor) + eps.
     Returns (advantages [N], used_rewards [N], group_mean [P], group_std [P],
     all_negative [P] bool)."""
@@ -56,7 +57,7 @@ def group_advantages(rewards, offsets, correct=None, rts=None, *, scope="all_neg
         if correct is not None and rts is not None and scope != "off":
             s = rts[a:b].to(dtype)
             if credit == "sigmoid":
-                c = torch.sigmoid(beta * (s - gamma))
+                c = torch.sigmoid(credit_beta * (s - credit_gamma))
             else:
                 c = credit_scale * s
             admit = (~is_correct[a:b]) & ~torch.isnan(s)

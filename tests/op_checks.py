@@ -16,6 +16,7 @@ run draws the same data.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import shutil
 import zlib
@@ -23,6 +24,7 @@ import zlib
 import torch
 
 from sgpo_engine import ops, reference
+from sgpo_engine.options import CREDIT
 
 F64 = torch.float64
 
@@ -133,11 +135,20 @@ def random_group_inputs(g, sizes, *, correct=True, rts=True, nan_share=0.3, dtyp
             s.to(device) if rts else None)
 
 
+def credit_settings(**overrides):
+    """Every setting reference.group_advantages requires (its keyword-only
+    arguments), at options.CREDIT's defaults (the wrapper's) unless overridden."""
+    names = [p.name for p in inspect.signature(reference.group_advantages).parameters.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    return {**{name: getattr(CREDIT, name) for name in names}, **overrides}
+
+
 def reference_group_advantages(rewards, offsets, correct, rts, **kw):
-    """The reference on the float64 upcast of (possibly low-precision) inputs."""
+    """The reference on the float64 upcast of (possibly low-precision) inputs;
+    kw: the settings given to the op (the rest at their defaults)."""
     return reference.group_advantages(
         rewards.cpu().to(F64), offsets.cpu(), None if correct is None else correct.cpu(),
-        None if rts is None else rts.cpu().to(F64), **kw)
+        None if rts is None else rts.cpu().to(F64), **credit_settings(**kw))
 
 
 def check_group_advantages(rewards, *, group_size=None, sizes=None, correct=None, rts=None,

@@ -16,6 +16,8 @@ SCRIPT = textwrap.dedent("""
         warnings.simplefilter("always")
         import torch
         from sgpo_engine import ops, reference
+        sys.path.insert(0, "tests")
+        from op_checks import credit_settings
         assert not ops.HAS_EXTENSION
         assert not hasattr(torch.ops.sgpo, "sample"), "the extension's ops are registered after all"
         f64 = torch.float64
@@ -27,11 +29,11 @@ SCRIPT = textwrap.dedent("""
         s = torch.rand(12, generator=g, dtype=f64)
         for _ in range(2):
             out = ops.group_advantages(r, group_size=4, correct=c, rts=s, scale="batch")
-            ref = reference.group_advantages(r, torch.arange(0, 13, 4), c, s, scale="batch")
+            ref = reference.group_advantages(r, torch.arange(0, 13, 4), c, s, **credit_settings(scale="batch"))
             for a, b in zip(out, ref):
                 assert torch.equal(a, b)
         out = ops.group_advantages(r, group_offsets=torch.tensor([0, 1, 5, 12]))
-        ref = reference.group_advantages(r, torch.tensor([0, 1, 5, 12]))
+        ref = reference.group_advantages(r, torch.tensor([0, 1, 5, 12]), **credit_settings())
         assert all(torch.equal(a, b) for a, b in zip(out, ref))
 
         # fused_policy_loss with gradients

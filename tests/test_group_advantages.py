@@ -14,8 +14,8 @@ RAGGED = ([1, 3, 1, 7, 2, 1, 16, 8], [5], [1], [2, 1, 1, 4, 3])
 
 def random_params(g):
     """Non-default credit parameters, drawn per case."""
-    return dict(beta=float(torch.empty(1).uniform_(1.0, 10.0, generator=g)),
-                gamma=float(torch.rand(1, generator=g)),
+    return dict(credit_beta=float(torch.empty(1).uniform_(1.0, 10.0, generator=g)),
+                credit_gamma=float(torch.rand(1, generator=g)),
                 credit_scale=float(torch.empty(1).uniform_(0.1, 0.9, generator=g)),
                 # binds for some credited groups, not others; 0 (off) a third of the time
                 credited_std_floor=float(torch.rand(1, generator=g) * 0.6) * (torch.rand(1, generator=g) > 0.33).item())
@@ -150,7 +150,7 @@ def test_hand_made_sigmoid_credit():
     c = torch.tensor([0, 0, 0, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
     nan = float("nan")
     s = torch.tensor([0, 0.5, 1, 0.9, 0.2, nan, 0.8, nan, 0.4], dtype=F64)
-    out = ops.group_advantages(r, group_size=3, correct=c, rts=s, beta=5.0, gamma=0.5)
+    out = ops.group_advantages(r, group_size=3, correct=c, rts=s, credit_beta=5.0, credit_gamma=0.5)
     want = [sigmoid(-2.5), 0.5, sigmoid(2.5), 1.0, 0.0, 0.0, sigmoid(1.5), 0.0, sigmoid(-0.5)]
     torch.testing.assert_close(out.rewards, torch.tensor(want, dtype=F64), rtol=1e-14, atol=1e-15)
     assert out.all_negative.tolist() == [True, False, True]
@@ -320,6 +320,8 @@ def _bad_cases():
     yield "empty rewards", dict(rewards=torch.zeros(0, dtype=F64), group_size=1), "rewards"
     yield "group_size 0", dict(ok, group_size=0), "group_size"
     yield "negative eps", dict(ok, eps=-1.0), "eps"
+    yield "credit_beta nan", dict(ok, credit_beta=nan), "^credit_beta: "
+    yield "credit_gamma inf", dict(ok, credit_gamma=float("inf")), "^credit_gamma: "
 
 
 BAD = list(_bad_cases())

@@ -12,8 +12,8 @@ template <typename T>
 struct CreditParams {
   Scope scope;
   Credit credit;
-  T beta;          // sigmoid slope
-  T gamma;         // sigmoid midpoint
+  T credit_beta;   // sigmoid slope (sharpness)
+  T credit_gamma;  // sigmoid midpoint
   T credit_scale;  // linear slope
   T std_floor;     // scale "group": the least std a credited group divides by (0: off)
 };
@@ -22,7 +22,7 @@ struct CreditParams {
 template <typename T>
 SGPO_HD T rts_credit(T rts, const CreditParams<T>& p) {
   if (p.credit == Credit::Linear) return p.credit_scale * rts;
-  return T(1) / (T(1) + exp_(-p.beta * (rts - p.gamma)));
+  return T(1) / (T(1) + exp_(-p.credit_beta * (rts - p.credit_gamma)));
 }
 
 // Whether response i gets partial credit instead of its outcome reward.

@@ -135,7 +135,7 @@ GroupAdvOut group_advantages_typed(const GroupAdvArgs& a) {
   acc *adv_p = adv.data_ptr<acc>(), *used_p = used.data_ptr<acc>();
   acc *mean_p = mean.data_ptr<acc>(), *std_p = stdv.data_ptr<acc>();
   bool* neg_p = all_neg.data_ptr<bool>();
-  const CreditParams<acc> cp{a.credit.scope, a.credit.credit, acc(a.credit.beta), acc(a.credit.gamma),
+  const CreditParams<acc> cp{a.credit.scope, a.credit.credit, acc(a.credit.credit_beta), acc(a.credit.credit_gamma),
                              acc(a.credit.credit_scale), acc(a.credit.std_floor)};
   const acc eps = acc(a.eps);
 

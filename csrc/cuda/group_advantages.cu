@@ -142,8 +142,8 @@ GroupAdvOut group_advantages_cuda(const GroupAdvArgs& a) {
     p.group_size = a.group_size;
     p.num_groups = groups;
     p.n = n;
-    p.credit = CreditParams<T>{a.credit.scope, a.credit.credit, static_cast<T>(a.credit.beta),
-                               static_cast<T>(a.credit.gamma), static_cast<T>(a.credit.credit_scale),
+    p.credit = CreditParams<T>{a.credit.scope, a.credit.credit, static_cast<T>(a.credit.credit_beta),
+                               static_cast<T>(a.credit.credit_gamma), static_cast<T>(a.credit.credit_scale),
                                static_cast<T>(a.credit.std_floor)};
     p.scale = a.scale;
     p.eps = static_cast<T>(a.eps);
