@@ -1,8 +1,8 @@
 // Argument checks of the ops, one line each, in flash-attention's style.
 //
-// The C++ boundary (entry.h, lm_head.cpp) owns every check of the ops'
-// arguments. A failed check throws c10::ValueError, which Python sees as
-// ValueError, and its message starts with the argument's name:
+// The C++ boundary (entry.h) owns every check of the ops' arguments. A
+// failed check throws c10::ValueError, which Python sees as ValueError, and
+// its message starts with the argument's name:
 //   CHECK_SHAPE(rts, n);   ->  "rts: expected shape [n] = [6], got [5]"
 // The name is the checked expression's last identifier, so `*bias` and
 // `a.q` report "bias" and "q": name variables after the public arguments.

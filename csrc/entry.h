@@ -1,7 +1,8 @@
 // Op entry points shared by the CPU and CUDA registrations: every argument of
-// every op is checked here (or, for the LM-head ops, in lm_head.cpp), once,
-// before the backend runs; a failed check is a ValueError naming the argument
-// (checks.h). The Python wrappers in sgpo_engine/ops.py convert conveniences
+// every op is checked here, once, before the backend (or the LM-head driver,
+// lm_head.cpp) runs; a failed check is a ValueError naming the argument
+// (checks.h). Each entry hands its backend one argument struct (ops.h,
+// lm_head.h). The Python wrappers in sgpo_engine/ops.py convert conveniences
 // (numbers to per-row tensors, lists to tensors) and check nothing else.
 #pragma once
 #include <ATen/TensorOperators.h>
@@ -202,13 +203,135 @@ inline at::Tensor decode_attention_entry(at::Tensor (*impl)(const DecodeAttnArgs
                              suffix_k, suffix_v, suffix_len.contiguous(), slot.contiguous(), scale, window});
 }
 
+// ---- the LM-head ops (driver: lm_head.cpp) ----------------------------------
+
+// hidden [..., H] float; weight [V, H] (hidden's dtype and device); bias [V]?;
+// targets [...] = hidden's shape without H, int64 (or int32) ids in [0, V);
+// temperature > 0; chunk_size > 0 or nullopt.
+inline LMHeadArgs check_lm_head(const at::Tensor& hidden, const at::Tensor& weight,
+                                const std::optional<at::Tensor>& bias, const at::Tensor& targets, double temperature,
+                                std::optional<int64_t> chunk_size) {
+  CHECK_ARG(hidden.dim() >= 1, hidden, "expected [..., H], got a scalar");
+  CHECK_FLOAT(hidden);
+  CHECK_ARG(weight.dim() == 2 && weight.size(1) == hidden.size(-1), weight, "expected [V, H] with H = ",
+            hidden.size(-1), " (hidden's last dim), got ", weight.sizes());
+  CHECK_ARG(weight.size(0) > 0, weight, "expected V > 0");
+  CHECK_ARG(weight.scalar_type() == hidden.scalar_type(), weight, "dtype ", weight.scalar_type(),
+            " differs from hidden's ", hidden.scalar_type());
+  CHECK_DEVICE(weight, hidden);
+  if (bias.has_value()) {
+    CHECK_SHAPE(*bias, weight.size(0));
+    CHECK_ARG(bias->scalar_type() == hidden.scalar_type(), *bias, "dtype ", bias->scalar_type(),
+              " differs from hidden's ", hidden.scalar_type());
+    CHECK_DEVICE(*bias, hidden);
+  }
+  CHECK_ARG(targets.sizes() == hidden.sizes().slice(0, hidden.dim() - 1), targets, "expected shape ",
+            hidden.sizes().slice(0, hidden.dim() - 1), " (hidden without H), got ", targets.sizes());
+  CHECK_ARG(targets.scalar_type() == at::kLong || targets.scalar_type() == at::kInt, targets,
+            "expected int64 token ids, got ", targets.scalar_type());
+  CHECK_DEVICE(targets, hidden);
+  if (targets.numel() > 0) {  // on CUDA a host sync, once per call (not per chunk)
+    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
+    CHECK_ARG(lo >= 0 && hi < weight.size(0), targets, "token ids must lie in [0, V = ", weight.size(0),
+              "), got min ", lo, " max ", hi);
+  }
+  CHECK_POSITIVE(temperature);
+  CHECK_ARG(!chunk_size || *chunk_size > 0, chunk_size, "expected a positive number of tokens, got ",
+            chunk_size.value_or(0));
+  return LMHeadArgs{hidden, weight, bias.value_or(at::Tensor()), targets, temperature, chunk_size};
+}
+
+// LM-head arguments (check_lm_head); return_entropy: also the entropy.
+inline std::tuple<at::Tensor, at::Tensor> fused_logprobs_entry(const LMHeadBackend& be, const at::Tensor& hidden,
+                                                               const at::Tensor& weight,
+                                                               const std::optional<at::Tensor>& bias,
+                                                               const at::Tensor& targets, double temperature,
+                                                               std::optional<int64_t> chunk_size,
+                                                               bool return_entropy) {
+  return fused_logprobs(be, check_lm_head(hidden, weight, bias, targets, temperature, chunk_size), return_entropy);
+}
+
+// grad_logp [...] (targets' shape) plus the LM-head arguments (check_lm_head).
+inline ParamGrads fused_logprobs_backward_entry(const LMHeadBackend& be, const at::Tensor& grad_logp,
+                                                const at::Tensor& hidden, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias, const at::Tensor& targets,
+                                                double temperature, std::optional<int64_t> chunk_size,
+                                                bool grad_hidden, bool grad_weight, bool grad_bias) {
+  const LMHeadArgs a = check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
+  CHECK_ARG(grad_logp.sizes() == targets.sizes(), grad_logp, "expected shape ", targets.sizes(), ", got ",
+            grad_logp.sizes());
+  return fused_logprobs_backward(be, grad_logp, a, GradsWanted{grad_hidden, grad_weight, grad_bias});
+}
+
+// hidden [B, T, H]; mask, targets, old_logp?, ref_logp? [B, T]; advantages
+// [B] or [B, T] (plus check_lm_head's); the numbers and options as
+// PolicyLossArgs documents them (lm_head.h).
+inline PolicyLossOut fused_policy_loss_entry(
+    const LMHeadBackend& be, const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+    const at::Tensor& targets, const at::Tensor& mask, const at::Tensor& advantages,
+    const std::optional<at::Tensor>& old_logp, const std::optional<at::Tensor>& ref_logp, double beta,
+    double eps_low, double eps_high, std::optional<double> delta, double sapo_temperature_pos,
+    double sapo_temperature_neg, bool use_bias_correction_kl, std::string_view loss_type,
+    std::string_view importance_sampling_level, double temperature, std::optional<int64_t> max_completion_length,
+    std::optional<double> num_items_in_batch, std::optional<int64_t> chunk_size, bool grad_hidden,
+    bool grad_weight, bool grad_bias) {
+  // the options first: an unknown one is reported before any shape
+  const LossType loss = parse_loss_type(loss_type);
+  const ISLevel level = parse_is_level(importance_sampling_level);
+  CHECK_ARG(hidden.dim() == 3, hidden, "expected [B, T, H], got ", hidden.sizes());
+  PolicyLossArgs a{check_lm_head(hidden, weight, bias, targets, temperature, chunk_size)};
+  const int64_t B = hidden.size(0), T = hidden.size(1);
+  CHECK_SHAPE(mask, B, T);
+  CHECK_DEVICE(mask, hidden);
+  CHECK_ARG(advantages.dim() >= 1 && advantages.size(0) == B &&
+                (advantages.dim() == 1 || advantages.sizes() == targets.sizes()),
+            advantages, "expected [B] = [", B, "] or [B, T] = ", targets.sizes(), ", got ", advantages.sizes());
+  CHECK_FLOAT(advantages);
+  CHECK_DEVICE(advantages, hidden);
+  if (old_logp) {
+    CHECK_SHAPE(*old_logp, B, T);
+    CHECK_FLOAT(*old_logp);
+    CHECK_DEVICE(*old_logp, hidden);
+  }
+  if (ref_logp) {
+    CHECK_SHAPE(*ref_logp, B, T);
+    CHECK_FLOAT(*ref_logp);
+    CHECK_DEVICE(*ref_logp, hidden);
+  }
+  CHECK_NUMBER(beta, 0.0, INFINITY);
+  CHECK_NUMBER(eps_low, 0.0, INFINITY);
+  CHECK_NUMBER(eps_high, 0.0, INFINITY);
+  if (delta) CHECK_POSITIVE(*delta);
+  CHECK_POSITIVE(sapo_temperature_pos);
+  CHECK_POSITIVE(sapo_temperature_neg);
+  CHECK_ARG(!max_completion_length || *max_completion_length > 0, max_completion_length, "expected > 0, got ",
+            max_completion_length.value_or(0));
+  if (num_items_in_batch) CHECK_POSITIVE(*num_items_in_batch);
+  a.mask = mask;
+  a.advantages = advantages;
+  a.old_logp = old_logp.value_or(at::Tensor());
+  a.ref_logp = ref_logp.value_or(at::Tensor());
+  a.beta = beta;
+  a.eps_low = eps_low;
+  a.eps_high = eps_high;
+  a.delta = delta;
+  a.sapo_temperature_pos = sapo_temperature_pos;
+  a.sapo_temperature_neg = sapo_temperature_neg;
+  a.use_bias_correction_kl = use_bias_correction_kl;
+  a.loss_type = loss;
+  a.importance_sampling_level = level;
+  a.max_completion_length = max_completion_length;
+  a.num_items_in_batch = num_items_in_batch;
+  a.grads = GradsWanted{grad_hidden, grad_weight, grad_bias};
+  return fused_policy_loss(be, a);
+}
+
 // The registered op functions, one set per backend. BE provides
 // group_advantages, sample and decode_attention (function pointers) and
 // lm_head() (lm_head.h).
 template <typename BE>
 struct OpEntries {
   using Opt = std::optional<at::Tensor>;
-  using T6 = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
   static GroupAdvOut group_advantages(const at::Tensor& rewards, int64_t group_size, const Opt& group_offsets,
                                       const Opt& correct, const Opt& rts, std::string_view scope,
@@ -234,20 +357,21 @@ struct OpEntries {
     return sample_entry(BE::sample, logits, temperature, top_k, top_p, min_p, uniform);
   }
 
-  static T6 fused_policy_loss(const at::Tensor& hidden, const at::Tensor& weight, const Opt& bias,
-                              const at::Tensor& targets, const at::Tensor& mask, const at::Tensor& advantages,
-                              const Opt& old_logp, const Opt& ref_logp, double beta, double eps_low,
-                              double eps_high, std::optional<double> delta, double sapo_temperature_pos,
-                              double sapo_temperature_neg, bool use_bias_correction_kl,
-                              std::string_view loss_type,
-                              std::string_view importance_sampling_level, double temperature,
-                              std::optional<int64_t> max_completion_length,
-                              std::optional<double> num_items_in_batch, std::optional<int64_t> chunk_size,
-                              bool grad_hidden, bool grad_weight, bool grad_bias) {
-    return sgpo::fused_policy_loss(BE::lm_head(), hidden, weight, bias, targets, mask, advantages, old_logp,
+  static PolicyLossOut fused_policy_loss(const at::Tensor& hidden, const at::Tensor& weight, const Opt& bias,
+                                         const at::Tensor& targets, const at::Tensor& mask,
+                                         const at::Tensor& advantages, const Opt& old_logp, const Opt& ref_logp,
+                                         double beta, double eps_low, double eps_high, std::optional<double> delta,
+                                         double sapo_temperature_pos, double sapo_temperature_neg,
+                                         bool use_bias_correction_kl, std::string_view loss_type,
+                                         std::string_view importance_sampling_level, double temperature,
+                                         std::optional<int64_t> max_completion_length,
+                                         std::optional<double> num_items_in_batch,
+                                         std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight,
+                                         bool grad_bias) {
+    return fused_policy_loss_entry(BE::lm_head(), hidden, weight, bias, targets, mask, advantages, old_logp,
                                    ref_logp, beta, eps_low, eps_high, delta, sapo_temperature_pos,
-                                   sapo_temperature_neg, use_bias_correction_kl, parse_loss_type(loss_type),
-                                   parse_is_level(importance_sampling_level), temperature, max_completion_length,
+                                   sapo_temperature_neg, use_bias_correction_kl, loss_type,
+                                   importance_sampling_level, temperature, max_completion_length,
                                    num_items_in_batch, chunk_size, grad_hidden, grad_weight, grad_bias);
   }
 
@@ -255,15 +379,15 @@ struct OpEntries {
                                                            const Opt& bias, const at::Tensor& targets,
                                                            double temperature, std::optional<int64_t> chunk_size,
                                                            bool return_entropy) {
-    return sgpo::fused_logprobs(BE::lm_head(), hidden, weight, bias, targets, temperature, chunk_size,
+    return fused_logprobs_entry(BE::lm_head(), hidden, weight, bias, targets, temperature, chunk_size,
                                 return_entropy);
   }
 
-  static std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_logprobs_backward(
-      const at::Tensor& grad_logp, const at::Tensor& hidden, const at::Tensor& weight, const Opt& bias,
-      const at::Tensor& targets, double temperature, std::optional<int64_t> chunk_size, bool grad_hidden,
-      bool grad_weight, bool grad_bias) {
-    return sgpo::fused_logprobs_backward(BE::lm_head(), grad_logp, hidden, weight, bias, targets, temperature,
+  static ParamGrads fused_logprobs_backward(const at::Tensor& grad_logp, const at::Tensor& hidden,
+                                            const at::Tensor& weight, const Opt& bias, const at::Tensor& targets,
+                                            double temperature, std::optional<int64_t> chunk_size,
+                                            bool grad_hidden, bool grad_weight, bool grad_bias) {
+    return fused_logprobs_backward_entry(BE::lm_head(), grad_logp, hidden, weight, bias, targets, temperature,
                                          chunk_size, grad_hidden, grad_weight, grad_bias);
   }
 };

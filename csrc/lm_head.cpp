@@ -23,10 +23,8 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/util/Exception.h>
 
-#include <cmath>
+#include <array>
 #include <limits>
-
-#include "checks.h"
 
 namespace sgpo {
 namespace {
@@ -53,47 +51,13 @@ struct LMHead {
   int64_t chunk;
 };
 
-// hidden [..., H] float; weight [V, H] (hidden's dtype and device); bias [V]?;
-// targets [...] = hidden's shape without H, int64 (or int32) ids in [0, V).
-void check_lm_head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                   const at::Tensor& targets, double temperature, std::optional<int64_t> chunk_size) {
-  CHECK_ARG(hidden.dim() >= 1, hidden, "expected [..., H], got a scalar");
-  CHECK_FLOAT(hidden);
-  CHECK_ARG(weight.dim() == 2 && weight.size(1) == hidden.size(-1), weight, "expected [V, H] with H = ",
-            hidden.size(-1), " (hidden's last dim), got ", weight.sizes());
-  CHECK_ARG(weight.size(0) > 0, weight, "expected V > 0");
-  CHECK_ARG(weight.scalar_type() == hidden.scalar_type(), weight, "dtype ", weight.scalar_type(),
-            " differs from hidden's ", hidden.scalar_type());
-  CHECK_DEVICE(weight, hidden);
-  if (bias.has_value()) {
-    CHECK_SHAPE(*bias, weight.size(0));
-    CHECK_ARG(bias->scalar_type() == hidden.scalar_type(), *bias, "dtype ", bias->scalar_type(),
-              " differs from hidden's ", hidden.scalar_type());
-    CHECK_DEVICE(*bias, hidden);
-  }
-  CHECK_ARG(targets.sizes() == hidden.sizes().slice(0, hidden.dim() - 1), targets, "expected shape ",
-            hidden.sizes().slice(0, hidden.dim() - 1), " (hidden without H), got ", targets.sizes());
-  CHECK_ARG(targets.scalar_type() == at::kLong || targets.scalar_type() == at::kInt, targets,
-            "expected int64 token ids, got ", targets.scalar_type());
-  CHECK_DEVICE(targets, hidden);
-  if (targets.numel() > 0) {  // on CUDA a host sync, once per call (not per chunk)
-    const int64_t lo = targets.min().item<int64_t>(), hi = targets.max().item<int64_t>();
-    CHECK_ARG(lo >= 0 && hi < weight.size(0), targets, "token ids must lie in [0, V = ", weight.size(0),
-              "), got min ", lo, " max ", hi);
-  }
-  CHECK_POSITIVE(temperature);
-  CHECK_ARG(!chunk_size || *chunk_size > 0, chunk_size, "expected a positive number of tokens, got ",
-            chunk_size.value_or(0));
-}
-
 // active: [N] bool or undefined (all rows).
-LMHead make_lm_head(const at::Tensor& hidden, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                    const at::Tensor& active, std::optional<int64_t> chunk_size) {
+LMHead make_lm_head(const LMHeadArgs& a, const at::Tensor& active) {
   LMHead lm;
-  const int64_t H = hidden.size(-1);
-  lm.h = hidden.reshape({-1, H}).contiguous();
-  lm.w = weight.contiguous();
-  if (bias.has_value()) lm.bias = bias->contiguous();
+  const int64_t H = a.hidden.size(-1);
+  lm.h = a.hidden.reshape({-1, H}).contiguous();
+  lm.w = a.weight.contiguous();
+  if (a.bias.defined()) lm.bias = a.bias.contiguous();
   lm.num_active = lm.h.size(0);
   if (active.defined()) {
     at::Tensor idx = at::nonzero(active).reshape({-1});
@@ -102,7 +66,7 @@ LMHead make_lm_head(const at::Tensor& hidden, const at::Tensor& weight, const st
       lm.num_active = idx.size(0);
     }
   }
-  lm.chunk = rows_per_chunk(chunk_size, weight.size(0), hidden);
+  lm.chunk = rows_per_chunk(a.chunk_size, a.weight.size(0), a.hidden);
   return lm;
 }
 
@@ -128,12 +92,12 @@ struct LMHeadGrads {
   at::Tensor w;  // [V, H], accumulation dtype
   at::Tensor b;  // [V], accumulation dtype
 
-  LMHeadGrads(const LMHead& lm, bool gh, bool gw, bool gb) {
+  LMHeadGrads(const LMHead& lm, GradsWanted wanted) {
     const auto acc = acc_dtype(lm.h);
     // Skipped rows get zero gradient, so zero-fill only when rows are skipped.
-    if (gh) h = lm.rows.defined() ? at::zeros_like(lm.h) : at::empty_like(lm.h);
-    if (gw) w = at::zeros(lm.w.sizes(), lm.w.options().dtype(acc));
-    if (gb) b = at::zeros({lm.w.size(0)}, lm.w.options().dtype(acc));
+    if (wanted.hidden) h = lm.rows.defined() ? at::zeros_like(lm.h) : at::empty_like(lm.h);
+    if (wanted.weight) w = at::zeros(lm.w.sizes(), lm.w.options().dtype(acc));
+    if (wanted.bias && lm.bias.defined()) b = at::zeros({lm.w.size(0)}, lm.w.options().dtype(acc));
   }
 
   // dlogits [n, V] of the chunk of active rows [s, s + n) whose hidden is hc.
@@ -154,7 +118,7 @@ struct LMHeadGrads {
   }
 
   // Final gradients in the dtypes of hidden / weight / bias (empty if not asked).
-  std::tuple<at::Tensor, at::Tensor, at::Tensor> finish(const at::Tensor& hidden, const at::Tensor& weight) {
+  ParamGrads finish(const at::Tensor& hidden, const at::Tensor& weight) {
     auto or_empty = [&](const at::Tensor& g) { return g.defined() ? g : at::empty({0}, weight.options()); };
     return {or_empty(h.defined() ? h.view(hidden.sizes()) : h),
             or_empty(w.defined() ? w.to(weight.scalar_type()) : w),
@@ -191,48 +155,39 @@ at::Tensor active_logprobs(const LMHeadBackend& be, const LMHead& lm, const at::
 
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor> fused_logprobs(const LMHeadBackend& be, const at::Tensor& hidden,
-                                                  const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                                                  const at::Tensor& targets, double temperature,
-                                                  std::optional<int64_t> chunk_size, bool return_entropy) {
-  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
-  const LMHead lm = make_lm_head(hidden, weight, bias, at::Tensor(), chunk_size);
+std::tuple<at::Tensor, at::Tensor> fused_logprobs(const LMHeadBackend& be, const LMHeadArgs& a,
+                                                  bool return_entropy) {
+  const LMHead lm = make_lm_head(a, at::Tensor());
   at::Tensor entropy;
-  at::Tensor logp = active_logprobs(be, lm, targets.reshape({-1}).to(at::kLong).contiguous(),
-                                    1.0 / temperature, return_entropy ? &entropy : nullptr);
-  return {logp.view(targets.sizes()),
-          return_entropy ? entropy.view(targets.sizes()) : at::empty({0}, logp.options())};
+  at::Tensor logp = active_logprobs(be, lm, a.targets.reshape({-1}).to(at::kLong).contiguous(), 1.0 / a.temperature,
+                                    return_entropy ? &entropy : nullptr);
+  return {logp.view(a.targets.sizes()),
+          return_entropy ? entropy.view(a.targets.sizes()) : at::empty({0}, logp.options())};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> fused_logprobs_backward(
-    const LMHeadBackend& be, const at::Tensor& grad_logp, const at::Tensor& hidden, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const at::Tensor& targets, double temperature,
-    std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias) {
-  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
-  CHECK_ARG(grad_logp.sizes() == targets.sizes(), grad_logp, "expected shape ", targets.sizes(), ", got ",
-            grad_logp.sizes());
-  const at::Tensor coef = grad_logp.reshape({-1}).to(acc_dtype(hidden));
-  const LMHead lm = make_lm_head(hidden, weight, bias, coef != 0, chunk_size);
-  const at::Tensor targets_r = active_rows(lm, targets.reshape({-1}).to(at::kLong));
+ParamGrads fused_logprobs_backward(const LMHeadBackend& be, const at::Tensor& grad_logp, const LMHeadArgs& a,
+                                   GradsWanted grads_wanted) {
+  const at::Tensor coef = grad_logp.reshape({-1}).to(acc_dtype(a.hidden));  // [N] d loss / d logp
+  const LMHead lm = make_lm_head(a, coef != 0);
+  const at::Tensor targets_r = active_rows(lm, a.targets.reshape({-1}).to(at::kLong));
   const at::Tensor coef_r = active_rows(lm, coef);
   const at::Tensor logp_r = at::empty({lm.num_active}, coef.options());
-  LMHeadGrads grads(lm, grad_hidden, grad_weight, grad_bias && bias.has_value());
+  LMHeadGrads grads(lm, grads_wanted);
   for_each_chunk(lm, [&](int64_t s, int64_t n, const at::Tensor& hc, const at::Tensor& logits) {
-    RowArgs a;
-    a.mode = RowMode::GivenCoef;
-    a.logits = logits;
-    a.targets = targets_r.narrow(0, s, n);
-    a.inv_temp = 1.0 / temperature;
-    a.logp_out = logp_r.narrow(0, s, n);
-    a.coef = coef_r.narrow(0, s, n);
-    be.rows(a);
+    RowArgs r;
+    r.mode = RowMode::GivenCoef;
+    r.logits = logits;
+    r.targets = targets_r.narrow(0, s, n);
+    r.inv_temp = 1.0 / a.temperature;
+    r.logp_out = logp_r.narrow(0, s, n);
+    r.coef = coef_r.narrow(0, s, n);
+    be.rows(r);
     grads.add_chunk(lm, s, n, hc, logits);
   });
-  return grads.finish(hidden, weight);
+  return grads.finish(a.hidden, a.weight);
 }
 
 namespace {
-
 
 // Per-token weight w [B, T] with loss = sum(w * per_token_loss).
 at::Tensor aggregation_weights(const at::Tensor& maskf, LossType loss_type,
@@ -251,127 +206,114 @@ at::Tensor aggregation_weights(const at::Tensor& maskf, LossType loss_type,
   TORCH_CHECK(false, "unreachable loss type");
 }
 
+// The per-token surrogate's parameters (common/policy_loss.h); the loss type
+// picks the surrogate.
+SurrogateParams<double> surrogate_params(const PolicyLossArgs& a) {
+  const SurrogateKind kind = a.loss_type == LossType::Cispo  ? SurrogateKind::Cispo
+                             : a.loss_type == LossType::Sapo ? SurrogateKind::Sapo
+                                                             : SurrogateKind::Clipped;
+  return SurrogateParams<double>{a.eps_low, a.eps_high,           a.delta.value_or(0.0),  a.delta.has_value(),
+                                 kind,      a.sapo_temperature_pos, a.sapo_temperature_neg, a.use_bias_correction_kl};
+}
+
+// The policy loss's per-token inputs of the active rows, each [N'] of the
+// accumulation dtype (targets int64); undefined when not given.
+struct PolicyRows {
+  at::Tensor targets, mask, weight, adv, old_logp, ref_logp;
+  at::Tensor seq_ratio, seq_grad;  // sequence level only (couple_sequences)
+};
+
+// Sequence-level importance sampling (GSPO): each token's ratio is its
+// sequence's, so each token's d loss / d logp gathers the whole sequence's
+// d loss / d ratio. Fills r.seq_ratio and r.seq_grad; costs one extra forward
+// pass when off-policy (or when the ratio-weighted KL couples the tokens).
+void couple_sequences(const LMHeadBackend& be, const LMHead& lm, const PolicyLossArgs& a, const at::Tensor& maskf,
+                      const SurrogateParams<double>& clip, PolicyRows& r) {
+  const int64_t B = maskf.size(0), T = maskf.size(1), N = B * T;
+  const at::Tensor all_rows = at::arange(N, r.targets.options());
+  const at::Tensor seq_of_r = active_rows(lm, all_rows).div(T, "floor");   // [N'] sequence index
+  const at::Tensor lens = maskf.sum(1).clamp_min(1.0);                       // [B]
+  // the ratio-weighted KL couples a sequence's tokens through its ratio, on-policy too
+  const bool kl_coupled = a.use_bias_correction_kl && r.ref_logp.defined() && a.beta != 0.0;
+  at::Tensor log_ratio = at::zeros({B}, maskf.options());                    // on-policy: ratio = 1
+  at::Tensor logp_r;
+  if (r.old_logp.defined() || kl_coupled) logp_r = active_logprobs(be, lm, r.targets, 1.0 / a.temperature, nullptr);
+  if (r.old_logp.defined()) log_ratio.index_add_(0, seq_of_r, r.mask * (logp_r - r.old_logp)).div_(lens);
+  const at::Tensor ratio = at::exp(log_ratio);                                // [B]
+  r.seq_ratio = ratio.index_select(0, seq_of_r);
+  // d loss / d logp_t = (sum_t' w_t' d per_t' / d ratio) * ratio * mask_t / len
+  const at::Tensor dratio_r = be.surrogate_dratio(r.seq_ratio, r.adv, r.weight, logp_r,          // [N']
+                                                  kl_coupled ? r.ref_logp : at::Tensor(), a.beta, clip);
+  const at::Tensor per_seq = at::zeros({B}, maskf.options()).index_add_(0, seq_of_r, dratio_r);
+  r.seq_grad = (per_seq * ratio / lens).index_select(0, seq_of_r) * r.mask;
+}
+
+// totals [kNumTokenStats] (the token_stats columns summed over the tokens)
+// -> metrics [kNumPolicyLossMetrics], means over the mask maskf [B, T].
+at::Tensor policy_loss_metrics(const at::Tensor& totals, const at::Tensor& maskf, bool has_ref) {
+  const at::Tensor n_mask = maskf.sum().clamp_min(1.0);
+  std::array<at::Tensor, kNumPolicyLossMetrics> m;
+  m[kClipRatioLow] = totals[kStatClipLow] / n_mask;
+  m[kClipRatioHigh] = totals[kStatClipHigh] / n_mask;
+  m[kKlMean] = has_ref ? totals[kStatKl] / n_mask
+                       : at::full({}, std::numeric_limits<double>::quiet_NaN(), maskf.options());
+  return at::stack(m);
+}
+
 }  // namespace
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_policy_loss(
-    const LMHeadBackend& be, const at::Tensor& hidden, const at::Tensor& weight,
-    const std::optional<at::Tensor>& bias, const at::Tensor& targets, const at::Tensor& mask,
-    const at::Tensor& advantages, const std::optional<at::Tensor>& old_logp,
-    const std::optional<at::Tensor>& ref_logp, double beta, double eps_low, double eps_high,
-    std::optional<double> delta, double sapo_temperature_pos, double sapo_temperature_neg,
-    bool use_bias_correction_kl, LossType loss_type,
-    ISLevel level, double temperature,
-    std::optional<int64_t> max_completion_length, std::optional<double> num_items_in_batch,
-    std::optional<int64_t> chunk_size, bool grad_hidden, bool grad_weight, bool grad_bias) {
-  // ---- checks -------------------------------------------------------------
-  // hidden [B, T, H]; mask, targets, old_logp?, ref_logp? [B, T];
-  // advantages [B] or [B, T] (plus check_lm_head's).
-  CHECK_ARG(hidden.dim() == 3, hidden, "expected [B, T, H], got ", hidden.sizes());
-  check_lm_head(hidden, weight, bias, targets, temperature, chunk_size);
-  const int64_t B = hidden.size(0), T = hidden.size(1), N = B * T;
-  CHECK_SHAPE(mask, B, T);
-  CHECK_DEVICE(mask, hidden);
-  CHECK_ARG(advantages.dim() >= 1 && advantages.size(0) == B &&
-                (advantages.dim() == 1 || advantages.sizes() == targets.sizes()),
-            advantages, "expected [B] = [", B, "] or [B, T] = ", targets.sizes(), ", got ", advantages.sizes());
-  CHECK_FLOAT(advantages);
-  CHECK_DEVICE(advantages, hidden);
-  if (old_logp) {
-    CHECK_SHAPE(*old_logp, B, T);
-    CHECK_FLOAT(*old_logp);
-    CHECK_DEVICE(*old_logp, hidden);
-  }
-  if (ref_logp) {
-    CHECK_SHAPE(*ref_logp, B, T);
-    CHECK_FLOAT(*ref_logp);
-    CHECK_DEVICE(*ref_logp, hidden);
-  }
-  CHECK_NUMBER(beta, 0.0, INFINITY);
-  CHECK_NUMBER(eps_low, 0.0, INFINITY);
-  CHECK_NUMBER(eps_high, 0.0, INFINITY);
-  if (delta) CHECK_POSITIVE(*delta);
-  CHECK_POSITIVE(sapo_temperature_pos);
-  CHECK_POSITIVE(sapo_temperature_neg);
-  CHECK_ARG(!max_completion_length || *max_completion_length > 0, max_completion_length, "expected > 0, got ",
-            max_completion_length.value_or(0));
-  if (num_items_in_batch) CHECK_POSITIVE(*num_items_in_batch);
-  const bool seq_level = level == ISLevel::Sequence;
+PolicyLossOut fused_policy_loss(const LMHeadBackend& be, const PolicyLossArgs& a) {
+  const int64_t B = a.hidden.size(0), T = a.hidden.size(1), N = B * T;
 
   // ---- per-token inputs, [B, T] then the active rows [N'] -----------------
-  const auto acc = acc_dtype(hidden);
-  const at::Tensor maskf = mask.to(acc);                                          // [B, T]
-  const at::Tensor w = aggregation_weights(maskf, loss_type, max_completion_length, num_items_in_batch);
-  const at::Tensor adv = advantages.dim() == 1 ? advantages.to(acc).unsqueeze(1).expand({B, T})
-                                               : advantages.to(acc);              // [B, T]
-  const LMHead lm = make_lm_head(hidden, weight, bias, (maskf != 0).reshape({N}), chunk_size);
+  const auto acc = acc_dtype(a.hidden);
+  const at::Tensor maskf = a.mask.to(acc);                                        // [B, T]
+  const at::Tensor w = aggregation_weights(maskf, a.loss_type, a.max_completion_length, a.num_items_in_batch);
+  const at::Tensor adv = a.advantages.dim() == 1 ? a.advantages.to(acc).unsqueeze(1).expand({B, T})
+                                                 : a.advantages.to(acc);          // [B, T]
+  const LMHead lm = make_lm_head(a, (maskf != 0).reshape({N}));
   auto rows_of = [&](const at::Tensor& t) { return active_rows(lm, t.reshape({N}).to(acc)); };
-  const at::Tensor targets_r = active_rows(lm, targets.reshape({N}).to(at::kLong));
-  const at::Tensor mask_r = rows_of(maskf), w_r = rows_of(w), adv_r = rows_of(adv);
-  const at::Tensor old_r = old_logp.has_value() ? rows_of(*old_logp) : at::Tensor();
-  const at::Tensor ref_r = ref_logp.has_value() ? rows_of(*ref_logp) : at::Tensor();
-  const SurrogateKind kind = loss_type == LossType::Cispo  ? SurrogateKind::Cispo
-                             : loss_type == LossType::Sapo ? SurrogateKind::Sapo
-                                                           : SurrogateKind::Clipped;
-  const SurrogateParams<double> clip{eps_low, eps_high,           delta.value_or(0.0),  delta.has_value(),
-                                     kind,    sapo_temperature_pos, sapo_temperature_neg, use_bias_correction_kl};
-  const double inv_temp = 1.0 / temperature;
-
-  // ---- sequence-level ratios: one extra forward pass when off-policy ------
-  at::Tensor seq_ratio_r, seq_grad_r;
-  if (seq_level) {
-    const at::Tensor all_rows = at::arange(N, targets_r.options());
-    const at::Tensor seq_of_r = active_rows(lm, all_rows).div(T, "floor");   // [N'] sequence index
-    const at::Tensor lens = maskf.sum(1).clamp_min(1.0);                       // [B]
-    // the ratio-weighted KL couples a sequence's tokens through its ratio, on-policy too
-    const bool kl_coupled = use_bias_correction_kl && ref_r.defined() && beta != 0.0;
-    at::Tensor log_ratio = at::zeros({B}, maskf.options());                    // on-policy: ratio = 1
-    at::Tensor logp_r;
-    if (old_r.defined() || kl_coupled) logp_r = active_logprobs(be, lm, targets_r, inv_temp, nullptr);
-    if (old_r.defined()) log_ratio.index_add_(0, seq_of_r, mask_r * (logp_r - old_r)).div_(lens);
-    const at::Tensor ratio = at::exp(log_ratio);                                // [B]
-    seq_ratio_r = ratio.index_select(0, seq_of_r);
-    // d loss / d logp_t = (sum_t' w_t' d per_t' / d ratio) * ratio * mask_t / len
-    const at::Tensor dratio_r = be.surrogate_dratio(seq_ratio_r, adv_r, w_r, logp_r,            // [N']
-                                                    kl_coupled ? ref_r : at::Tensor(), beta, clip);
-    const at::Tensor per_seq = at::zeros({B}, maskf.options()).index_add_(0, seq_of_r, dratio_r);
-    seq_grad_r = (per_seq * ratio / lens).index_select(0, seq_of_r) * mask_r;
-  }
+  PolicyRows r;
+  r.targets = active_rows(lm, a.targets.reshape({N}).to(at::kLong));
+  r.mask = rows_of(maskf);
+  r.weight = rows_of(w);
+  r.adv = rows_of(adv);
+  if (a.old_logp.defined()) r.old_logp = rows_of(a.old_logp);
+  if (a.ref_logp.defined()) r.ref_logp = rows_of(a.ref_logp);
+  const SurrogateParams<double> clip = surrogate_params(a);
+  if (a.importance_sampling_level == ISLevel::Sequence) couple_sequences(be, lm, a, maskf, clip, r);
 
   // ---- the fused pass ------------------------------------------------------
   const at::Tensor logp_r = at::empty({lm.num_active}, maskf.options());
-  const at::Tensor stats_r = at::empty({lm.num_active, 4}, maskf.options());
-  LMHeadGrads grads(lm, grad_hidden, grad_weight, grad_bias && bias.has_value());
+  const at::Tensor stats_r = at::empty({lm.num_active, kNumTokenStats}, maskf.options());
+  LMHeadGrads grads(lm, a.grads);
   for_each_chunk(lm, [&](int64_t s, int64_t n, const at::Tensor& hc, const at::Tensor& logits) {
     auto part = [&](const at::Tensor& t) { return t.defined() ? t.narrow(0, s, n) : t; };
-    RowArgs a;
-    a.mode = RowMode::PolicyLoss;
-    a.logits = logits;
-    a.targets = part(targets_r);
-    a.inv_temp = inv_temp;
-    a.logp_out = part(logp_r);
-    a.weight = part(w_r);
-    a.adv = part(adv_r);
-    a.old_logp = part(old_r);
-    a.ref_logp = part(ref_r);
-    a.seq_ratio = part(seq_ratio_r);
-    a.seq_grad = part(seq_grad_r);
-    a.mask = part(mask_r);
-    a.clip = clip;
-    a.beta = beta;
-    a.token_stats = part(stats_r);
-    be.rows(a);
+    RowArgs row;
+    row.mode = RowMode::PolicyLoss;
+    row.logits = logits;
+    row.targets = part(r.targets);
+    row.inv_temp = 1.0 / a.temperature;
+    row.logp_out = part(logp_r);
+    row.weight = part(r.weight);
+    row.adv = part(r.adv);
+    row.old_logp = part(r.old_logp);
+    row.ref_logp = part(r.ref_logp);
+    row.seq_ratio = part(r.seq_ratio);
+    row.seq_grad = part(r.seq_grad);
+    row.mask = part(r.mask);
+    row.clip = clip;
+    row.beta = a.beta;
+    row.token_stats = part(stats_r);
+    be.rows(row);
     grads.add_chunk(lm, s, n, hc, logits);
   });
 
   // ---- reductions ------------------------------------------------------------
-  const at::Tensor totals = stats_r.sum(0);  // [4]
-  const at::Tensor n_mask = maskf.sum().clamp_min(1.0);
-  const at::Tensor kl_mean = ref_logp.has_value()
-                                 ? totals[1] / n_mask
-                                 : at::full({}, std::numeric_limits<double>::quiet_NaN(), maskf.options());
-  const at::Tensor metrics = at::stack({totals[2] / n_mask, totals[3] / n_mask, kl_mean});
-  auto [gh, gw, gb] = grads.finish(hidden, weight);
-  return {totals[0], metrics, scatter_rows(lm, logp_r, N).view({B, T}), gh, gw, gb};
+  const at::Tensor totals = stats_r.sum(0);  // [kNumTokenStats]
+  auto [gh, gw, gb] = grads.finish(a.hidden, a.weight);
+  return {totals[kStatLoss], policy_loss_metrics(totals, maskf, a.ref_logp.defined()),
+          scatter_rows(lm, logp_r, N).view({B, T}), gh, gw, gb};
 }
 
 }  // namespace sgpo

@@ -1,6 +1,7 @@
-// Backend entry points of the ops registered in registration.cpp.
-// Argument shapes are documented here, at the C++ boundary; the Python face
-// (sgpo_engine/ops.py) checks them and documents the public API.
+// Backend entry points of the ops registered in registration.cpp, and their
+// argument structs (the LM-head ops' are in lm_head.h). Argument shapes are
+// documented here, at the C++ boundary; entry.h checks them before any
+// backend runs, and the Python face (sgpo_engine/ops.py) documents the public API.
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>

@@ -110,11 +110,11 @@ void rows_typed(const RowArgs& a) {
                                                            weight[i], ref_logp != nullptr,
                                                            ref_logp ? ref_logp[i] : acc(0), beta, clip);
         c = tt.dloss_dlogp + (seq_grad ? seq_grad[i] : acc(0));
-        acc* s = stats + 4 * i;
-        s[0] = tt.loss;
-        s[1] = tt.kl * mask[i];  // kl_mean is a mask-weighted mean
-        s[2] = tt.clip_low ? mask[i] : acc(0);
-        s[3] = tt.clip_high ? mask[i] : acc(0);
+        acc* s = stats + kNumTokenStats * i;
+        s[kStatLoss] = tt.loss;
+        s[kStatKl] = tt.kl * mask[i];  // kl_mean is a mask-weighted mean
+        s[kStatClipLow] = tt.clip_low ? mask[i] : acc(0);
+        s[kStatClipHigh] = tt.clip_high ? mask[i] : acc(0);
       }
       row_grad(z, V, inv_temp, lse, c, t);
     }

@@ -50,7 +50,7 @@ struct RowParams {
   const acc* seq_grad;     // [n]?
   SurrogateParams<acc> clip;
   acc beta;
-  acc* token_stats;        // [n, 4], PolicyLoss
+  acc* token_stats;        // [n, kNumTokenStats] (TokenStat), PolicyLoss
 };
 
 // grid = n rows, block = a multiple of 32 threads <= kMaxThreads.
@@ -90,11 +90,11 @@ __global__ __launch_bounds__(kMaxThreads) void rows_kernel(scalar_t* logits, con
                                                    has_ref ? p.ref_logp[i] : acc(0), p.beta, p.clip);
     coef = t.dloss_dlogp + (p.seq_grad ? p.seq_grad[i] : acc(0));
     if (writer) {
-      acc* stats = p.token_stats + 4 * i;
-      stats[0] = t.loss;
-      stats[1] = t.kl * p.mask[i];  // kl_mean is a mask-weighted mean
-      stats[2] = t.clip_low ? p.mask[i] : acc(0);
-      stats[3] = t.clip_high ? p.mask[i] : acc(0);
+      acc* stats = p.token_stats + kNumTokenStats * i;
+      stats[kStatLoss] = t.loss;
+      stats[kStatKl] = t.kl * p.mask[i];  // kl_mean is a mask-weighted mean
+      stats[kStatClipLow] = t.clip_low ? p.mask[i] : acc(0);
+      stats[kStatClipHigh] = t.clip_high ? p.mask[i] : acc(0);
     }
   }
 
@@ -134,7 +134,7 @@ T* required_row_ptr(const at::Tensor& t, const char* name, int64_t n, const at::
 }
 
 // RowArgs (lm_head.h): logits [n, V] with unit column stride; per-row tensors
-// [n] of the accumulation dtype; token_stats [n, 4].
+// [n] of the accumulation dtype; token_stats [n, kNumTokenStats].
 void rows_cuda(const RowArgs& a) {
   const at::Tensor& logits = a.logits;
   TORCH_CHECK(logits.is_cuda() && logits.dim() == 2, "lm_head rows: logits: expected a 2-D CUDA tensor, got ",
@@ -165,7 +165,7 @@ void rows_cuda(const RowArgs& a) {
       p.ref_logp = row_ptr<acc>(a.ref_logp, "ref_logp", n, logits);
       p.seq_ratio = row_ptr<acc>(a.seq_ratio, "seq_ratio", n, logits);
       p.seq_grad = row_ptr<acc>(a.seq_grad, "seq_grad", n, logits);
-      p.token_stats = required_row_ptr<acc>(a.token_stats, "token_stats", n, logits, 4);
+      p.token_stats = required_row_ptr<acc>(a.token_stats, "token_stats", n, logits, kNumTokenStats);
       p.clip = a.clip.cast<acc>();
       p.beta = static_cast<acc>(a.beta);
     }
