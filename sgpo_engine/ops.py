@@ -3,17 +3,21 @@
 Each function turns Python conveniences into the op's arguments (numbers
 into per-row tensors, lists into tensors) and calls the extension op
 `torch.ops.sgpo.*` (C++ on CPU, CUDA on GPU). The C++ boundary checks every
-argument (csrc/entry.h, csrc/lm_head.cpp) and raises ValueError naming it.
+argument (csrc/entry.h) and raises ValueError naming it.
 
 Without the compiled extension, the functions fall back to the plain-PyTorch
 reference in `sgpo_engine.reference` after a one-time warning; the reference
 assumes valid input, so the fallback path makes the checks it needs here.
 
 Next to each wrapper: its op's fake implementation (so torch.compile can
-trace it) and, for the losses, its autograd formula.
+trace it) and, for the losses, its autograd formula. The long schemas'
+argument order is spelled once, as a NamedTuple (_GroupAdvantagesArgs,
+_PolicyLossArgs) checked against the registered schema at import, which the
+wrapper, the fallback and the fake share.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
@@ -22,7 +26,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import reference
-from .options import CREDIT, CREDITS, IS_LEVELS, LOSS_TYPES, SCALES, SCOPES, check_choice
+from .options import CREDIT, CREDITS, IS_LEVELS, LOSS_TYPES, SCALES, SCOPES, CreditConfig, check_choice
 
 try:
     from . import _C  # noqa: F401  (loading it registers torch.ops.sgpo.*)
@@ -68,6 +72,16 @@ def _first_bad(name, bad, values, what):
         raise ValueError(f"{name}: {what}, got {values[i].item()} at index {i}")
 
 
+def _check_schema_order(op_name, args_type):
+    """RuntimeError unless the fields of args_type (a NamedTuple) are the
+    arguments of torch.ops.sgpo.<op_name>'s schema, by name and in order: the
+    NamedTuple is then the one spelling of that order in Python."""
+    schema = tuple(a.name for a in getattr(torch.ops.sgpo, op_name).default._schema.arguments)
+    if schema != args_type._fields:
+        raise RuntimeError(f"sgpo_engine.ops.{args_type.__name__} {args_type._fields} does not match the "
+                           f"schema of torch.ops.sgpo.{op_name} {schema} (csrc/registration.cpp)")
+
+
 # --------------------------------------------------------------------------
 # group_advantages
 # --------------------------------------------------------------------------
@@ -79,6 +93,9 @@ class GroupAdvantages(NamedTuple):
     all_negative: torch.Tensor  # [P] bool: no response of the group is correct
 
 
+_CREDIT_FIELDS = frozenset(f.name for f in dataclasses.fields(CreditConfig))
+
+
 def _fixed_size(group_offsets, n) -> Optional[int]:
     """The common size of valid, equal-size groups (the kernels' faster
     fixed-size path gives the same results), else None (invalid offsets are
@@ -87,6 +104,24 @@ def _fixed_size(group_offsets, n) -> Optional[int]:
     sizes = {b - a for a, b in zip(o, o[1:])}
     ok = len(o) >= 2 and o[0] == 0 and o[-1] == n and len(sizes) == 1
     return sizes.pop() if ok and min(sizes) > 0 else None
+
+
+class _GroupAdvantagesArgs(NamedTuple):
+    """torch.ops.sgpo.group_advantages's arguments in its schema's order
+    (checked at import): what the wrapper passes, the fallback and the fake take."""
+    rewards: torch.Tensor            # [N] float
+    group_size: int                  # > 0, or 0 with offsets
+    offsets: Optional[torch.Tensor]  # [P+1] int64 (the public group_offsets)
+    correct: Optional[torch.Tensor]  # [N]
+    rts: Optional[torch.Tensor]      # [N] float, NaN = not judged
+    scope: str
+    credit: str
+    credit_beta: float
+    credit_gamma: float
+    credit_scale: float
+    scale: str
+    eps: float
+    credited_std_floor: float = 0.0  # the schema's default (callers may leave it out)
 
 
 def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=None, rts=None,
@@ -114,18 +149,21 @@ def group_advantages(rewards, *, group_size=None, group_offsets=None, correct=No
                 group_size, group_offsets = fixed, None
     if isinstance(group_size, bool) or (group_size is not None and not isinstance(group_size, numbers.Integral)):
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
-    args = (rewards, int(group_size or 0), group_offsets, correct, rts, scope, credit, float(credit_beta),
-            float(credit_gamma), float(credit_scale), scale, float(eps), float(credited_std_floor))
+    args = _GroupAdvantagesArgs(
+        rewards=rewards, group_size=int(group_size or 0), offsets=group_offsets, correct=correct, rts=rts,
+        scope=scope, credit=credit, credit_beta=float(credit_beta), credit_gamma=float(credit_gamma),
+        credit_scale=float(credit_scale), scale=scale, eps=float(eps), credited_std_floor=float(credited_std_floor))
     if _use_extension():
         return GroupAdvantages(*torch.ops.sgpo.group_advantages(*args))
-    return GroupAdvantages(*_group_advantages_fallback(*args))
+    return GroupAdvantages(*_group_advantages_fallback(args))
 
 
-def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts, scope, credit, credit_beta,
-                               credit_gamma, credit_scale, scale, eps, credited_std_floor):
+def _group_advantages_fallback(args: _GroupAdvantagesArgs):
     """The reference, after the checks it needs (csrc/entry.h makes them for the op)."""
-    for name, value, options in (("scope", scope, SCOPES), ("credit", credit, CREDITS), ("scale", scale, SCALES)):
-        check_choice(name, value, options)
+    rewards, group_size, group_offsets = args.rewards, args.group_size, args.offsets
+    correct, rts = args.correct, args.rts
+    for name, options in (("scope", SCOPES), ("credit", CREDITS), ("scale", SCALES)):
+        check_choice(name, getattr(args, name), options)
     if rewards.dim() != 1 or not rewards.is_floating_point() or rewards.numel() == 0:
         raise ValueError(f"rewards: expected a non-empty 1-D float tensor, got {rewards.dtype} {tuple(rewards.shape)}")
     N = rewards.shape[0]
@@ -144,35 +182,75 @@ def _group_advantages_fallback(rewards, group_size, group_offsets, correct, rts,
     _first_bad("rewards", ~torch.isfinite(rewards), rewards, "non-finite value")
     if rts is not None:
         _first_bad("rts", ~torch.isnan(rts) & ((rts < 0) | (rts > 1)), rts, "expected values in [0, 1] or NaN")
-    if eps < 0:
-        raise ValueError(f"eps: expected >= 0, got {eps}")
-    if not 0 <= credited_std_floor < math.inf:
-        raise ValueError(f"credited_std_floor: expected a finite number >= 0, got {credited_std_floor}")
+    if args.eps < 0:
+        raise ValueError(f"eps: expected >= 0, got {args.eps}")
+    if not 0 <= args.credited_std_floor < math.inf:
+        raise ValueError(f"credited_std_floor: expected a finite number >= 0, got {args.credited_std_floor}")
     dev = rewards.device
     cpu = lambda t: None if t is None else t.cpu()
+    # the settings: the arguments named after CreditConfig's fields, as the reference takes them
+    settings = {name: value for name, value in args._asdict().items() if name in _CREDIT_FIELDS}
     out = reference.group_advantages(rewards.cpu(), group_offsets.cpu(), cpu(None if correct is None else correct.bool()),
-                                     cpu(rts), scope=scope, credit=credit, credit_beta=credit_beta,
-                                     credit_gamma=credit_gamma, credit_scale=credit_scale, scale=scale, eps=eps,
-                                     credited_std_floor=credited_std_floor)
+                                     cpu(rts), **settings)
     return [t.to(dev) for t in out]
 
 
 if HAS_EXTENSION:
+    _check_schema_order("group_advantages", _GroupAdvantagesArgs)
+
     @torch.library.register_fake("sgpo::group_advantages")
-    def _(rewards, group_size, offsets, correct, rts, scope, credit, credit_beta, credit_gamma, credit_scale, scale,
-          eps, credited_std_floor=0.0):
-        N = rewards.shape[0]
-        P = offsets.shape[0] - 1 if offsets is not None else N // group_size
-        f = rewards.new_empty
-        return (f(N, dtype=_acc(rewards)), f(N, dtype=_acc(rewards)), f(P, dtype=_acc(rewards)),
-                f(P, dtype=_acc(rewards)), f(P, dtype=torch.bool))
+    def _(*args):  # the schema's arguments (a trailing default may be left out)
+        a = _GroupAdvantagesArgs(*args)
+        N = a.rewards.shape[0]
+        P = a.offsets.shape[0] - 1 if a.offsets is not None else N // a.group_size
+        f, acc = a.rewards.new_empty, _acc(a.rewards)
+        return f(N, dtype=acc), f(N, dtype=acc), f(P, dtype=acc), f(P, dtype=acc), f(P, dtype=torch.bool)
 
 
 # --------------------------------------------------------------------------
 # fused_policy_loss
 # --------------------------------------------------------------------------
-def _needs_grad(*tensors):
-    return [t is not None and t.requires_grad and torch.is_grad_enabled() for t in tensors]
+# The metrics output [3], in the order of PolicyLossMetric (csrc/lm_head.h).
+POLICY_LOSS_METRICS = ("clip_ratio_low", "clip_ratio_high", "kl_mean")
+
+
+class _PolicyLossArgs(NamedTuple):
+    """torch.ops.sgpo.fused_policy_loss's arguments in its schema's order
+    (checked at import): what the wrapper passes, the fallback, the fake and
+    the autograd formula take. Every field is named as the public argument."""
+    hidden: torch.Tensor                # [B, T, H]
+    weight: torch.Tensor                # [V, H]
+    bias: Optional[torch.Tensor]        # [V]
+    targets: torch.Tensor               # [B, T] int64 / int32
+    mask: torch.Tensor                  # [B, T]
+    advantages: torch.Tensor            # [B] or [B, T]
+    old_logp: Optional[torch.Tensor]    # [B, T]
+    ref_logp: Optional[torch.Tensor]    # [B, T]
+    beta: float
+    eps_low: float
+    eps_high: float
+    delta: Optional[float]
+    sapo_temperature_pos: float
+    sapo_temperature_neg: float
+    use_bias_correction_kl: bool
+    loss_type: str
+    importance_sampling_level: str
+    temperature: float
+    max_completion_length: Optional[int]
+    num_items_in_batch: Optional[float]
+    chunk_size: Optional[int]
+    grad_hidden: bool                   # which gradients the forward computes
+    grad_weight: bool
+    grad_bias: bool
+
+
+# The arguments the reference does not take: the chunking and the gradients
+# asked of the forward (the reference's autograd gives them).
+_NOT_IN_REFERENCE = ("chunk_size", "grad_hidden", "grad_weight", "grad_bias")
+
+
+def _needs_grad(t) -> bool:
+    return t is not None and t.requires_grad and torch.is_grad_enabled()
 
 
 def _optional_int(name, x):
@@ -200,43 +278,48 @@ def fused_policy_loss(hidden, weight, targets, mask, advantages, *, bias=None, o
     was capped), and kl_mean when ref_logp is given.
     Gradients flow to hidden, weight and bias.
     """
-    args = (hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, float(beta), float(eps_low),
-            float(eps_high), None if delta is None else float(delta), float(sapo_temperature_pos),
-            float(sapo_temperature_neg), bool(use_bias_correction_kl), loss_type, importance_sampling_level,
-            float(temperature), _optional_int("max_completion_length", max_completion_length),
-            None if num_items_in_batch is None else float(num_items_in_batch),
-            _optional_int("chunk_size", chunk_size))
+    args = _PolicyLossArgs(
+        hidden=hidden, weight=weight, bias=bias, targets=targets, mask=mask, advantages=advantages,
+        old_logp=old_logp, ref_logp=ref_logp, beta=float(beta), eps_low=float(eps_low), eps_high=float(eps_high),
+        delta=None if delta is None else float(delta), sapo_temperature_pos=float(sapo_temperature_pos),
+        sapo_temperature_neg=float(sapo_temperature_neg), use_bias_correction_kl=bool(use_bias_correction_kl),
+        loss_type=loss_type, importance_sampling_level=importance_sampling_level, temperature=float(temperature),
+        max_completion_length=_optional_int("max_completion_length", max_completion_length),
+        num_items_in_batch=None if num_items_in_batch is None else float(num_items_in_batch),
+        chunk_size=_optional_int("chunk_size", chunk_size),
+        grad_hidden=_needs_grad(hidden), grad_weight=_needs_grad(weight), grad_bias=_needs_grad(bias))
     if not _use_extension():
-        return _policy_loss_fallback(*args)
-    loss, metrics, _logp, _, _, _ = torch.ops.sgpo.fused_policy_loss(*args, *_needs_grad(hidden, weight, bias))
-    out = {"clip_ratio_low": metrics[0], "clip_ratio_high": metrics[1]}
-    if ref_logp is not None:
-        out["kl_mean"] = metrics[2]
+        return _policy_loss_fallback(args)
+    loss, metrics, _logp, _, _, _ = torch.ops.sgpo.fused_policy_loss(*args)
+    out = dict(zip(POLICY_LOSS_METRICS, metrics.unbind()))
+    if ref_logp is None:  # the op's kl_mean is NaN then
+        del out["kl_mean"]
     return loss, out
 
 
-def _policy_loss_fallback(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low,
-                          eps_high, delta, tau_pos, tau_neg, kl_times_ratio, loss_type, level, temperature,
-                          max_completion_length,
-                          num_items_in_batch, chunk_size):
-    check_choice("loss_type", loss_type, LOSS_TYPES)
-    check_choice("importance_sampling_level", level, IS_LEVELS)
-    for name, x in (("beta", beta), ("eps_low", eps_low), ("eps_high", eps_high)):
+def _policy_loss_fallback(args: _PolicyLossArgs):
+    """The reference, after the checks it needs (csrc/entry.h makes them for the op)."""
+    check_choice("loss_type", args.loss_type, LOSS_TYPES)
+    check_choice("importance_sampling_level", args.importance_sampling_level, IS_LEVELS)
+    for name in ("beta", "eps_low", "eps_high"):
+        x = getattr(args, name)
         if not (math.isfinite(x) and x >= 0):
             raise ValueError(f"{name}: expected a finite number >= 0, got {x}")
-    for name, x in (("sapo_temperature_pos", tau_pos), ("sapo_temperature_neg", tau_neg)):
+    for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+        x = getattr(args, name)
         if not (math.isfinite(x) and x > 0):
             raise ValueError(f"{name}: expected a finite number > 0, got {x}")
-    _lm_head_fallback_checks(hidden, weight, targets, temperature)
-    B, T = targets.shape
-    if tuple(advantages.shape) not in ((B,), (B, T)):
-        raise ValueError(f"advantages: expected [B] = [{B}] or [B, T] = [{B}, {T}], got {tuple(advantages.shape)}")
-    for name, t in (("mask", mask), ("old_logp", old_logp), ("ref_logp", ref_logp)):
+    _lm_head_fallback_checks(args.hidden, args.weight, args.targets, args.temperature)
+    B, T = args.targets.shape
+    if tuple(args.advantages.shape) not in ((B,), (B, T)):
+        raise ValueError(f"advantages: expected [B] = [{B}] or [B, T] = [{B}, {T}], "
+                         f"got {tuple(args.advantages.shape)}")
+    for name in ("mask", "old_logp", "ref_logp"):
+        t = getattr(args, name)
         if t is not None and tuple(t.shape) != (B, T):
             raise ValueError(f"{name}: expected shape ({B}, {T}), got {tuple(t.shape)}")
-    return reference.fused_policy_loss(hidden, weight, targets, mask, advantages, bias, old_logp, ref_logp, beta,
-                                       eps_low, eps_high, delta, loss_type, level, temperature,
-                                       max_completion_length, num_items_in_batch, tau_pos, tau_neg, kl_times_ratio)
+    kwargs = {name: value for name, value in args._asdict().items() if name not in _NOT_IN_REFERENCE}
+    return reference.fused_policy_loss(**kwargs)
 
 
 def _lm_head_fallback_checks(hidden, weight, targets, temperature):
@@ -247,19 +330,19 @@ def _lm_head_fallback_checks(hidden, weight, targets, temperature):
 
 
 if HAS_EXTENSION:
+    _check_schema_order("fused_policy_loss", _PolicyLossArgs)
+
     def _grad_like(t, wanted):
         return torch.empty_like(t) if wanted else t.new_empty(0)
 
     @torch.library.register_fake("sgpo::fused_policy_loss")
-    def _(hidden, weight, bias, targets, mask, advantages, old_logp, ref_logp, beta, eps_low, eps_high,
-          delta, tau_pos, tau_neg, kl_times_ratio, loss_type, level, temperature, max_completion_length, num_items_in_batch,
-          chunk_size,
-          grad_hidden, grad_weight, grad_bias):
-        acc = _acc(hidden)
-        return (hidden.new_empty((), dtype=acc), hidden.new_empty(3, dtype=acc),
-                hidden.new_empty(targets.shape, dtype=acc), _grad_like(hidden, grad_hidden),
-                _grad_like(weight, grad_weight),
-                _grad_like(bias, grad_bias) if bias is not None else weight.new_empty(0))
+    def _(*args):  # the schema's arguments
+        a = _PolicyLossArgs(*args)
+        acc = _acc(a.hidden)
+        return (a.hidden.new_empty((), dtype=acc), a.hidden.new_empty(len(POLICY_LOSS_METRICS), dtype=acc),
+                a.hidden.new_empty(a.targets.shape, dtype=acc), _grad_like(a.hidden, a.grad_hidden),
+                _grad_like(a.weight, a.grad_weight),
+                _grad_like(a.bias, a.grad_bias) if a.bias is not None else a.weight.new_empty(0))
 
     # The op computes its gradients in the forward pass (the logits are in
     # hand there; a separate backward would redo the largest GEMM), so the
@@ -268,8 +351,6 @@ if HAS_EXTENSION:
     # they are, and since autograd frees saved tensors right after this node
     # runs, .grad adopts them without a copy (a copy would double the op's
     # peak memory). With retain_graph, autograd copies them instead.
-    _POLICY_LOSS_NUM_ARGS = len(torch.ops.sgpo.fused_policy_loss.default._schema.arguments)
-
     def _policy_loss_setup(ctx, inputs, output):
         _, metrics, logp, gh, gw, gb = output
         ctx.mark_non_differentiable(metrics, logp, gh, gw, gb)
@@ -278,17 +359,16 @@ if HAS_EXTENSION:
         # ([V, H] for gw), doubling the op's extra memory. Only the loss's counts.
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(gh, gw, gb)
-        ctx.has_bias = inputs[2] is not None
+        ctx.has_bias = _PolicyLossArgs(*inputs).bias is not None
 
     def _policy_loss_backward(ctx, g_loss, *_unused):
-        grads = [None] * _POLICY_LOSS_NUM_ARGS  # hidden, weight, bias come first; the rest get none
-        if g_loss is None:  # the loss is not part of what is differentiated
-            return tuple(grads)
-        unit = not _is_fake(g_loss) and bool(g_loss == 1)  # traced: no data-dependent branch
-        for i, grad in enumerate(ctx.saved_tensors):
-            if grad.numel() and (i < 2 or ctx.has_bias):
-                grads[i] = grad if unit else grad * g_loss.to(grad.dtype)
-        return tuple(grads)
+        grads = dict.fromkeys(_PolicyLossArgs._fields)  # None: no gradient, for every input but three
+        if g_loss is not None:  # None: the loss is not part of what is differentiated
+            unit = not _is_fake(g_loss) and bool(g_loss == 1)  # traced: no data-dependent branch
+            for name, grad in zip(("hidden", "weight", "bias"), ctx.saved_tensors):
+                if grad.numel() and (name != "bias" or ctx.has_bias):
+                    grads[name] = grad if unit else grad * g_loss.to(grad.dtype)
+        return tuple(_PolicyLossArgs(**grads))
 
     torch.library.register_autograd("sgpo::fused_policy_loss", _policy_loss_backward,
                                     setup_context=_policy_loss_setup)

@@ -1,6 +1,7 @@
 """torch.library.opcheck on every registered op (schema, fake impls, autograd
 registration, AOT dispatch), and a torch.compile(fullgraph=True) smoke test."""
 import os
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -46,7 +47,7 @@ def _policy_loss_samples(g):
                None, 2, grads[0], grads[1], grads[2] and bias)
     for dtype in (F64,):
         (h, w, b, t, m, a), _ = policy_case(g, 2, 3, 4, 7, dtype=dtype, adv_2d=True)
-        # Without ref_logp the raw op's metrics[2] (kl_mean) is NaN by design
+        # Without ref_logp the raw op's kl_mean metric is NaN by design
         # (lm_head.h; ops.fused_policy_loss drops it), and opcheck's AOT
         # comparison uses assert_close without equal_nan: NaN != NaN. So this
         # sample skips that one check; test_raw_policy_loss_kl_slot_nan pins the NaN.
@@ -97,13 +98,27 @@ def test_opcheck(gen, name):
     assert n >= 2
 
 
+def test_argument_tuples_follow_the_schemas():
+    """ops.py spells each long schema's argument order once, as a NamedTuple
+    checked at import; a tuple out of the schema's order is refused."""
+    for name, args in (("group_advantages", ops._GroupAdvantagesArgs), ("fused_policy_loss", ops._PolicyLossArgs)):
+        schema = getattr(torch.ops.sgpo, name).default._schema
+        assert args._fields == tuple(a.name for a in schema.arguments)
+    swapped = NamedTuple("Swapped", [(f, object) for f in ("weight", "hidden") + ops._PolicyLossArgs._fields[2:]])
+    with pytest.raises(RuntimeError, match="does not match the schema of torch.ops.sgpo.fused_policy_loss"):
+        ops._check_schema_order("fused_policy_loss", swapped)
+
+
 def test_raw_policy_loss_kl_slot_nan(gen):
-    """The raw op returns metrics [3] = (clip_low, clip_high, kl_mean), with
+    """The raw op returns metrics [3] = (clip_low, clip_high, kl_mean), in the
+    order of ops.POLICY_LOSS_METRICS (csrc/lm_head.h's PolicyLossMetric), with
     kl_mean NaN when there is no ref_logp; the public wrapper omits it."""
+    assert ops.POLICY_LOSS_METRICS == ("clip_ratio_low", "clip_ratio_high", "kl_mean")
     (h, w, b, t, m, a), _ = policy_case(gen, 2, 3, 4, 7)
     out = torch.ops.sgpo.fused_policy_loss(h, w, None, t, m, a, None, None, 0.0, 0.2, 0.2, None, 1.0, 1.05, False, "dapo", "token",
                                            1.0, None, None, None, False, False, False)
-    assert out[1].shape == (3,) and torch.isnan(out[1][2]) and not torch.isnan(out[1][:2]).any()
+    kl = ops.POLICY_LOSS_METRICS.index("kl_mean")
+    assert out[1].shape == (3,) and torch.isnan(out[1][kl]) and not torch.isnan(out[1][:kl]).any()
     assert "kl_mean" not in ops.fused_policy_loss(h, w, t, m, a)[1]
 
 
