@@ -93,6 +93,8 @@ class GroupAdvantages(NamedTuple):
     all_negative: torch.Tensor  # [P] bool: no response of the group is correct
 
 
+# group_advantages's settings are named after CreditConfig's fields; the
+# reference takes exactly those of its arguments.
 _CREDIT_FIELDS = frozenset(f.name for f in dataclasses.fields(CreditConfig))
 
 
@@ -188,7 +190,6 @@ def _group_advantages_fallback(args: _GroupAdvantagesArgs):
         raise ValueError(f"credited_std_floor: expected a finite number >= 0, got {args.credited_std_floor}")
     dev = rewards.device
     cpu = lambda t: None if t is None else t.cpu()
-    # the settings: the arguments named after CreditConfig's fields, as the reference takes them
     settings = {name: value for name, value in args._asdict().items() if name in _CREDIT_FIELDS}
     out = reference.group_advantages(rewards.cpu(), group_offsets.cpu(), cpu(None if correct is None else correct.bool()),
                                      cpu(rts), **settings)
