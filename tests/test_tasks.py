@@ -121,8 +121,8 @@ def test_first_error(response, position, step):
 
 
 def test_function_judge_verdicts():
-    from sgpo_engine.tasks import make_judge
-    judge = make_judge()
+    from sgpo_engine.tasks import exact_judge
+    judge = exact_judge()
     responses = [r for r, _, _ in CASES]
     verdicts = judge.judge([EXAMPLE.prompt] * len(CASES), responses, [REF] * len(CASES))
     assert not any(v.failed for v in verdicts), [v.detail for v in verdicts if v.failed]

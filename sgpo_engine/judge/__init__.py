@@ -8,6 +8,7 @@ judges, the answer verifier and SGPO rewards.
     HTTPJudge(base_url, model, ...).judge(problems, responses, references=None)
     LocalJudge(policy, ...).judge(...)      FunctionJudge(fn, step_mode=...).judge(...)
     sgpo_rewards(problems, groups, golds, judge, scope="all_negative") -> SGPORewards
+    make_judge(name, options, context) / JUDGES: the judges a config can name (registry.py)
 """
 from .answer import DEFAULT_PATTERNS, extract_answer, normalize, verify
 from .base import Judge
@@ -15,6 +16,7 @@ from .cache import VerdictCache, cache_key
 from .function import FunctionJudge
 from .http import HTTPJudge
 from .local import LocalJudge
+from .registry import JUDGES, JudgeContext, JudgeSpec, judge_names, make_judge
 from .prompt import SYSTEM_PROMPT, judge_messages, neutralize, parse_reply
 from .rewards import SCOPES, SGPORewards, judge_in_scope, sgpo_rewards
 from .steps import MODES, rts, split_steps, step_spans
@@ -23,4 +25,4 @@ from .verdict import Verdict
 __all__ = ["DEFAULT_PATTERNS", "extract_answer", "normalize", "verify", "Judge", "VerdictCache", "cache_key",
            "FunctionJudge", "HTTPJudge", "LocalJudge", "SYSTEM_PROMPT", "judge_messages", "neutralize",
            "parse_reply", "SCOPES", "SGPORewards", "judge_in_scope", "sgpo_rewards", "MODES", "rts", "split_steps", "step_spans",
-           "Verdict"]
+           "Verdict", "JUDGES", "JudgeContext", "JudgeSpec", "judge_names", "make_judge"]

@@ -14,7 +14,7 @@ The trainer sees its task only through the `Task` interface (base.py):
 `DatasetTask` (a dataset file's prompts); `load_policy(cfg.model)` loads its policy.
 """
 from .arith import (ANSWER_PREFIX, ArithTask, Problem, correct_prefix, eval_set, extract_answer, first_error,
-                    first_error_of_steps, is_heldout, make_judge, make_problem, parse_prompt, premature_answer,
+                    first_error_of_steps, is_heldout, exact_judge, make_problem, parse_prompt, premature_answer,
                     response_lines, step_judge, verify)
 from .base import Example, Task
 from .builtin import BUILTIN, ArithSource, BuiltinTask
@@ -25,7 +25,7 @@ from .warmup import (WARM_START_DIR, cache_dir, evaluate, load_warm_start, model
                      num_parameters, sft_batch, sft_loss, warm_start, warm_start_path)
 
 __all__ = ["ANSWER_PREFIX", "ArithTask", "Problem", "correct_prefix", "eval_set", "extract_answer", "first_error",
-           "first_error_of_steps", "is_heldout", "make_judge", "make_problem", "parse_prompt",
+           "first_error_of_steps", "is_heldout", "exact_judge", "make_problem", "parse_prompt",
            "premature_answer", "response_lines", "step_judge", "verify", "VOCAB", "build_tokenizer",
            "save_tokenizer", "WARM_START_DIR", "cache_dir", "evaluate", "load_warm_start", "model_config",
            "new_policy", "num_parameters", "sft_batch", "sft_loss", "warm_start", "warm_start_path",

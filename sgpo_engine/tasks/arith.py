@@ -66,9 +66,6 @@ class Problem:
             out.append(out[-1] + x if op == "+" else out[-1] - x)
         return out
 
-    def to_dict(self) -> dict:
-        return {"prompt": self.prompt, "answer": self.answer, "reference": self.reference, "k": self.k}
-
 
 def make_problem(start: int, ops: Sequence[tuple[str, int]]) -> Problem:
     """The problem for an explicit chain; ValueError when a value leaves 0..99
@@ -259,7 +256,7 @@ def step_judge(problem, steps: Sequence[str], reference=None) -> Optional[int]:
     return fe if fe is None else min(fe, max(len(steps) - 1, 0))
 
 
-def make_judge(**kwargs):
+def exact_judge(**kwargs):
     """The exact judge as a FunctionJudge over the response lines
     (FunctionJudge(step_judge, step_mode="line", **kwargs))."""
     from ..judge import FunctionJudge

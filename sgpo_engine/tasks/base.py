@@ -3,7 +3,8 @@
 A `Task` gives the trainer
   - `source()`: the prompt source, an object with `.batch(step, n) -> [Example]`;
   - `verify(text, answer) -> bool`: the exact answer check;
-  - `make_judge(cfg, policy)`: the step judge a TrainConfig asks for (None: no judge);
+  - `builtin_judge()`: the task's own step checker, what `judge = "builtin"` names
+    (None: the task has none; the other judges come from judge.registry);
   - `metric_sums(examples, groups)`: this rank's share of the task's own metrics,
     as named sums (the trainer adds them over ranks), and `metrics(sums)`: the
     metrics those totals give;
@@ -23,8 +24,6 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
-
-from ..judge import HTTPJudge, LocalJudge
 
 
 @dataclass
@@ -49,18 +48,9 @@ class Task(abc.ABC):
     def verify(self, text: str, answer) -> bool:
         """Whether a response's final answer is `answer`."""
 
-    def make_judge(self, cfg, policy):
-        """The judge of config field `judge`: None with judge "none" or scope
-        "off", an HTTPJudge ("http"), or the policy judging itself ("local")."""
-        if cfg.judge == "none" or cfg.scope == "off":
-            return None
-        if cfg.judge == "http":
-            return HTTPJudge(cfg.judge_url, cfg.judge_model, api_key_env=cfg.judge_api_key_env,
-                             concurrency=cfg.judge_concurrency, timeout=cfg.judge_timeout,
-                             max_tokens=cfg.judge_max_tokens, step_mode=cfg.step_mode)
-        if cfg.judge == "local":
-            return LocalJudge(policy, step_mode=cfg.step_mode)
-        raise ValueError(f"config field 'judge': {cfg.judge!r} is not a judge of this task")
+    def builtin_judge(self):
+        """The task's own step judge (config `judge = "builtin"`), or None when it has none."""
+        return None
 
     def metric_sums(self, examples: list[Example], groups) -> dict[str, float]:
         """Named sums over this rank's examples and their completion groups;

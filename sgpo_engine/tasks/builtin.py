@@ -3,7 +3,7 @@ the exact verifier and step judge, the anti-gaming metrics (premature answers,
 correct prefix) and the held-out greedy evaluation per k (warmup.evaluate)."""
 from __future__ import annotations
 
-from .arith import ArithTask, correct_prefix, make_judge as exact_judge, premature_answer, verify as verify_answer
+from .arith import ArithTask, correct_prefix, exact_judge, premature_answer, verify as verify_answer
 from .base import Example, Task
 from .warmup import evaluate as evaluate_greedy
 
@@ -33,10 +33,8 @@ class BuiltinTask(Task):
     def source(self) -> ArithSource:
         return ArithSource(self.min_ops, self.max_ops, self.seed)
 
-    def make_judge(self, cfg, policy):
-        if cfg.judge == "builtin" and cfg.scope != "off":
-            return exact_judge()
-        return super().make_judge(cfg, policy)
+    def builtin_judge(self):
+        return exact_judge()
 
     def metric_sums(self, examples, groups) -> dict[str, float]:
         """Premature answers and correct-prefix shares (the mean RTS of all
