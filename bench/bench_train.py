@@ -128,7 +128,7 @@ class Ours:
             return groups
 
         tr.rollout = self._timed("rollout", counting_rollout)
-        tr._rewards = self._timed("reward", tr._rewards)
+        tr._score_groups = self._timed("reward", tr._score_groups)
         tr._batch = self._timed("update", tr._batch)
         tr._update = self._timed("update", tr._update)
 

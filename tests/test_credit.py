@@ -1,4 +1,4 @@
-"""Step-level credit (sgpo_engine/train/credit.py): generated tokens mapped to
+"""Step-level credit (sgpo_engine/credit/prefix.py): generated tokens mapped to
 the characters they wrote (Tokenizer.decode_with_offsets), judged steps mapped
 to token bounds, and the [N, T] advantages built from them.
 
@@ -21,7 +21,7 @@ from sgpo_engine import tasks
 from sgpo_engine.judge import split_steps, step_spans
 from sgpo_engine.judge.verdict import Verdict
 from sgpo_engine.model.tokenizer import Tokenizer
-from sgpo_engine.train.credit import prefix_reach, response_reach, step_token_bounds, token_advantages
+from sgpo_engine.credit import prefix_reach, response_reach, step_token_bounds, token_advantages
 from sgpo_engine.generation import Completion
 from tiny_models import SPECIAL_TOKENS, _tokenizer_json
 

@@ -12,7 +12,7 @@ import re
 import pytest
 import torch
 
-from sgpo_engine import ops
+from sgpo_engine.credit import CreditConfig, sgpo_advantages
 from sgpo_engine.judge import (FunctionJudge, LocalJudge, Verdict, VerdictCache, extract_answer, judge_messages,
                                neutralize, normalize, parse_reply, rts, sgpo_rewards, split_steps, step_spans, verify)
 from sgpo_engine.judge.symbolic import symbolic_equal, to_sympy_syntax
@@ -455,7 +455,7 @@ def test_sgpo_rewards_scopes_and_group_advantages():
     assert math.isnan(r[0]) and math.isnan(r[1]) and math.isnan(r[5])   # not in scope
     assert r[2] == 0.0 and r[3] == pytest.approx(1 / 3) and r[4] == 0.0  # "" has zero steps
     assert (out.judged, out.failed) == (3, 0) and j.stats["responses"] == 3
-    adv = ops.group_advantages(out.rewards, **out.advantage_kwargs())
+    adv = sgpo_advantages(out.rewards, out.correct, out.rts, out.group_offsets, CreditConfig())
     assert adv.all_negative.tolist() == [False, True, False]
     assert adv.rewards[3] > adv.rewards[2]  # partial credit for the longer correct prefix
 

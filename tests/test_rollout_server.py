@@ -112,7 +112,7 @@ def test_a_bf16_server_moves_the_is_ratios_and_the_cap_bounds_them(tmp_path, mod
     assert m["is_ratio_max"] - m["is_ratio_min"] > 1e-3  # bf16 sampling vs fp32 scoring: visible
     assert m["is_capped_frac"] > 0
     b = batches[0]
-    w, ratio = rollout_is_weights(b["old_logp"], b["server_logp"], b["mask"], "token_truncate", CAP)
+    w, ratio = rollout_is_weights(b.old_logp, b.server_logp, b.mask, "token_truncate", CAP)
     assert float(w.max()) <= CAP < float(ratio.max())  # the cap took effect
 
 

@@ -215,9 +215,10 @@ def hand_trainer(tmp_path, prompts=("1+1=", "2+2="), policy=None, judge_calls=No
     captured = {}
     make_batch = trainer._batch
 
-    def spy(examples, groups, rew):
-        captured["batch"] = make_batch(examples, groups, rew)
-        captured["rew"] = rew
+    def spy(examples, groups, scored):
+        captured["batch"] = make_batch(examples, groups, scored)
+        captured["rew"] = scored
+        captured["keep"] = trainer._kept(scored)
         return captured["batch"]
 
     trainer._batch = spy
@@ -251,11 +252,11 @@ def test_sgpo_credit_by_hand(tmp_path):
     assert m["sgpo_reward_mean"] == pytest.approx((sum(credit) + 1) / 8, abs=1e-6)
     want = grpo_adv(credit) + grpo_adv([1.0, 0.0, 0.0, 0.0])
     assert want[4:] == pytest.approx([1.4997, -0.4999, -0.4999, -0.4999], abs=1e-4)
-    got = cap["batch"]["advantages"].tolist()
+    got = cap["batch"].advantages.tolist()
     assert got == pytest.approx(want, abs=1e-5)
-    rts = cap["rew"]["sgpo"].rts.tolist()
+    rts = cap["rew"].rewards.rts.tolist()
     assert rts[:4] == pytest.approx(RTS0, abs=1e-6) and all(math.isnan(r) for r in rts[4:])
-    assert cap["rew"]["credited"].tolist() == [True] * 4 + [False] * 4
+    assert cap["rew"].credited.tolist() == [True] * 4 + [False] * 4
 
 
 def test_scope_all_incorrect_and_linear_credit(tmp_path):
@@ -265,7 +266,7 @@ def test_scope_all_incorrect_and_linear_credit(tmp_path):
     assert m["credited_frac"] == pytest.approx(7 / 8)
     assert m["rts_mean"] == pytest.approx((sum(RTS0) + sum(rts1)) / 7)
     want = grpo_adv([0.5 * r for r in RTS0]) + grpo_adv([1.0] + [0.5 * r for r in rts1])
-    assert cap["batch"]["advantages"].tolist() == pytest.approx(want, abs=1e-5)
+    assert cap["batch"].advantages.tolist() == pytest.approx(want, abs=1e-5)
 
 
 def test_scope_off_is_plain_grpo(tmp_path):
@@ -276,8 +277,8 @@ def test_scope_off_is_plain_grpo(tmp_path):
     assert m["credited_frac"] == 0.0 and math.isnan(m["rts_mean"])  # nothing judged
     assert m["all_negative_frac"] == pytest.approx(1 / 2)
     want = [0.0] * 4 + grpo_adv([1.0, 0.0, 0.0, 0.0])
-    assert cap["batch"]["advantages"].tolist() == pytest.approx(want, abs=1e-6)
-    assert cap["batch"]["advantages"][:4].abs().max() == 0.0
+    assert cap["batch"].advantages.tolist() == pytest.approx(want, abs=1e-6)
+    assert cap["batch"].advantages[:4].abs().max() == 0.0
 
 
 @pytest.mark.parametrize("scope", ["off", "all_negative"])
@@ -288,12 +289,12 @@ def test_all_negative_batch_learns_only_with_sgpo(tmp_path, scope):
     m = trainer.train_step()
     assert m["all_negative_frac"] == 1.0
     if scope == "off":  # GRPO: zero advantages, zero gradient, weights untouched
-        assert cap["batch"]["advantages"].abs().max() == 0.0
+        assert cap["batch"].advantages.abs().max() == 0.0
         assert m["grad_norm"] == 0.0 and m["loss"] == 0.0
         for k, v in params(policy).items():
             assert torch.equal(v, w0[k]), k
     else:
-        assert cap["batch"]["advantages"].abs().min() > 0.1
+        assert cap["batch"].advantages.abs().min() > 0.1
         assert m["grad_norm"] > 0
         assert max_diff(params(policy), w0) > 1e-4
 
@@ -307,14 +308,14 @@ def test_filter_zero_std_groups(tmp_path, scope):
         trainer.train_step()
     finally:
         del BATCH["3+3="]
-    keep = cap["rew"]["keep"].tolist()
+    keep = cap["keep"].tolist()
     if scope == "off":  # the all-negative group has equal rewards too: dropped
         assert keep == [False] * 4 + [True] * 4 + [False] * 4
-        assert cap["batch"]["n"] == 4
-        assert cap["batch"]["advantages"].tolist() == pytest.approx(grpo_adv([1.0, 0, 0, 0]), abs=1e-6)
+        assert cap["batch"].n == 4
+        assert cap["batch"].advantages.tolist() == pytest.approx(grpo_adv([1.0, 0, 0, 0]), abs=1e-6)
     else:  # SGPO credit spreads the all-negative group's rewards: kept
         assert keep == [True] * 8 + [False] * 4
-        assert cap["batch"]["n"] == 8
+        assert cap["batch"].n == 8
 
 
 def test_everything_filtered_is_a_no_op_step(tmp_path):
@@ -323,7 +324,7 @@ def test_everything_filtered_is_a_no_op_step(tmp_path):
     trainer, cap = hand_trainer(tmp_path, prompts=("1+1=",), policy=policy, scope="off",
                                 filter_zero_std_groups=True, lr_schedule="cosine", max_steps=4)
     m = trainer.train_step()
-    assert cap["batch"]["n"] == 0 and m["loss"] == 0.0 and m["grad_norm"] == 0.0
+    assert cap["batch"].n == 0 and m["loss"] == 0.0 and m["grad_norm"] == 0.0
     assert max_diff(params(policy), w0) == 0.0
     assert trainer.scheduler.last_epoch == 1  # the schedule still follows the step
 
@@ -335,13 +336,13 @@ def expected_token_advantages(cap, reach_by_text: dict) -> torch.Tensor:
     """[N, T] from the sequence advantages, each response's advantage on its
     first reach tokens (all of them unless reach_by_text names it)."""
     batch, rew = cap["batch"], cap["rew"]
-    adv = rew["adv"].advantages.tolist()
-    N, T = batch["mask"].shape
+    adv = rew.advantages.advantages.tolist()
+    N, T = batch.mask.shape
     want = torch.zeros(N, T)
     texts = [t for p in ("1+1=", "2+2=") for t in BATCH[p][1]]
     for i, text in enumerate(texts):
-        start = int(batch["mask"][i].nonzero()[0])  # where the completion's first token is predicted
-        n = int(batch["mask"][i].sum())
+        start = int(batch.mask[i].nonzero()[0])  # where the completion's first token is predicted
+        n = int(batch.mask[i].sum())
         want[i, start:start + reach_by_text.get((i, text), n)] = adv[i]
     return want
 
@@ -349,10 +350,10 @@ def expected_token_advantages(cap, reach_by_text: dict) -> torch.Tensor:
 def test_prefix_credit_by_hand(tmp_path):
     trainer, cap = hand_trainer(tmp_path, credit_assignment="prefix")
     m = trainer.train_step()
-    adv = cap["rew"]["adv"].advantages.tolist()
+    adv = cap["rew"].advantages.advantages.tolist()
     assert [a > 0 for a in adv[:4]] == [False, False, True, True]  # credits 0.30, 0.08, 0.92, 0.50
-    got = cap["batch"]["advantages"]
-    assert got.shape == cap["batch"]["mask"].shape
+    got = cap["batch"].advantages
+    assert got.shape == cap["batch"].mask.shape
     reach = {(0, "1+1=2\n9\n#5"): len("1+1=2\n9"),          # negative: through the wrong step "9"
              (1, "9\n#3"): 1,                              # negative, wrong at step 0
              (3, "1+1=2\n2+0=2\n9\n#7"): len("1+1=2\n2+0=2\n")}  # positive: the correct prefix only
@@ -377,11 +378,11 @@ def test_prefix_credit_failed_verdict_keeps_sequence_level(tmp_path):
     make_batch = trainer._batch
     trainer._batch = lambda e, g, r: cap.update(batch=make_batch(e, g, r), rew=r) or cap["batch"]
     m = trainer.train_step()
-    assert m["judge_failures"] == 1 and cap["rew"]["credited"].tolist() == [True] * 3 + [False] * 5
-    adv = cap["rew"]["adv"].advantages.tolist()
+    assert m["judge_failures"] == 1 and cap["rew"].credited.tolist() == [True] * 3 + [False] * 5
+    adv = cap["rew"].advantages.advantages.tolist()
     reach = {(0, "1+1=2\n9\n#5"): len("1+1=2\n9") if adv[0] < 0 else len("1+1=2\n"),
              (1, "9\n#3"): 1 if adv[1] < 0 else 0}
-    torch.testing.assert_close(cap["batch"]["advantages"], expected_token_advantages(cap, reach), rtol=0, atol=0)
+    torch.testing.assert_close(cap["batch"].advantages, expected_token_advantages(cap, reach), rtol=0, atol=0)
 
 
 def test_prefix_credit_after_filtered_rows(tmp_path):
@@ -394,14 +395,14 @@ def test_prefix_credit_after_filtered_rows(tmp_path):
         m = trainer.train_step()
     finally:
         del BATCH["3+3="]
-    assert cap["rew"]["keep"].tolist() == [False] * 4 + [True] * 8 and cap["batch"]["n"] == 8
-    adv = cap["rew"]["adv"].advantages[4:].tolist()
-    got = cap["batch"]["advantages"]
+    assert cap["keep"].tolist() == [False] * 4 + [True] * 8 and cap["batch"].n == 8
+    adv = cap["rew"].advantages.advantages[4:].tolist()
+    got = cap["batch"].advantages
     texts = BATCH["1+1="][1] + BATCH["2+2="][1]
     reach = [len("1+1=2\n9"), 1, None, len("1+1=2\n2+0=2\n")] + [None] * 4  # as in test_prefix_credit_by_hand
     for i, (text, r) in enumerate(zip(texts, reach)):
-        start = int(cap["batch"]["mask"][i].nonzero()[0])
-        n = int(cap["batch"]["mask"][i].sum())
+        start = int(cap["batch"].mask[i].nonzero()[0])
+        n = int(cap["batch"].mask[i].sum())
         want = torch.zeros(got.shape[1])
         want[start:start + (n if r is None else r)] = adv[i]
         assert torch.equal(got[i], want), (i, text)
@@ -415,7 +416,7 @@ def test_sequence_credit_keeps_one_advantage_per_response(tmp_path):
     assert TrainConfig().credit_assignment == "sequence"
     trainer, cap = hand_trainer(tmp_path / "seq", credit_assignment="sequence")
     trainer.train_step()
-    assert cap["batch"]["advantages"].shape == (8,)  # one advantage per response, as before
+    assert cap["batch"].advantages.shape == (8,)  # one advantage per response, as before
     # without verdicts (scope off) prefix credit has nothing to bound: the same update exactly
     runs = []
     for mode in ("sequence", "prefix"):

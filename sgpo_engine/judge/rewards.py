@@ -1,10 +1,10 @@
-"""SGPO rewards: outcome rewards plus step-judge RTS for the responses in scope,
-ready for `sgpo_engine.ops.group_advantages` (docs/design.md sections 1 and 3).
+"""SGPO rewards: outcome rewards plus step-judge RTS for the responses in scope
+(docs/design.md section 1), ready for `sgpo_engine.credit.sgpo_advantages`.
 
     out = sgpo_rewards(problems, groups, golds, judge=None, *, references=None,
                        scope="all_negative", correct_reward=1.0, incorrect_reward=0.0,
                        verifier=verify)
-    adv = ops.group_advantages(out.rewards, **out.advantage_kwargs())
+    adv = credit.sgpo_advantages(out.rewards, out.correct, out.rts, out.group_offsets, config)
 
 - problems [P] str, golds [P] (gold answers, or full solutions ending "#### N"),
   groups [P] lists of responses (str, or objects with a `.text` such as the
@@ -47,10 +47,6 @@ class SGPORewards:
     judged: int
     failed: int
     scope: str
-
-    def advantage_kwargs(self) -> dict:
-        """Keyword arguments of ops.group_advantages besides the rewards."""
-        return dict(group_offsets=self.group_offsets, correct=self.correct, rts=self.rts, scope=self.scope)
 
 
 def _text(x, where: str) -> str:

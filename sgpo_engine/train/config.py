@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .. import options
+from ..judge.registry import check_judge, judge_names
+from ..options import CREDIT, CreditConfig
 from ..tasks.builtin import BUILTIN  # the built-in task's (and its model's) name
+
+# The judge options a config carries, as fields: "url" is judge_url, ...
+JUDGE_OPTION_FIELDS = {"url": "judge_url", "model": "judge_model", "api_key_env": "judge_api_key_env",
+                       "concurrency": "judge_concurrency", "timeout": "judge_timeout",
+                       "max_tokens": "judge_max_tokens", "step_mode": "step_mode"}
 
 
 @dataclass
@@ -57,7 +64,7 @@ class TrainConfig:
     stop: list = field(default_factory=list)  # stop strings (comma-separated on the command line)
 
     # ---- [judge]
-    judge: str = "builtin"               # builtin (task's exact checker) | http | local | none
+    judge: str = "builtin"               # builtin (the task's exact checker) | http | local | none (judge/registry.py)
     judge_url: str = ""                  # with judge = http: an OpenAI-compatible API root (.../v1)
     judge_model: str = ""                # with judge = http: the model id it serves
     judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the judge's API key
@@ -65,20 +72,21 @@ class TrainConfig:
     judge_timeout: float = 60.0          # seconds for one attempt
     judge_max_tokens: int = 1024         # the judge's reply budget (its verdict is the last line)
     step_mode: str = "line"              # how responses split into steps: line | paragraph | marker
-    correct_reward: float = 1.0
-    incorrect_reward: float = 0.0
+    correct_reward: float = CREDIT.correct_reward
+    incorrect_reward: float = CREDIT.incorrect_reward
 
     # ---- [sgpo]
-    scope: str = "all_negative"          # all_negative | all_incorrect | off (plain GRPO)
-    credit: str = "sigmoid"              # sigmoid | linear: judged prefix fraction -> partial credit
-    credit_beta: float = 5.0
-    credit_gamma: float = 0.5
-    credit_scale: float = 0.5            # the most partial credit, as a fraction of correct_reward
-    adv_scale: str = "group"             # group | batch | none: what the advantages are divided by
-    adv_eps: float = 1e-4
-    credited_std_floor: float = 0.0      # adv_scale group: a credited group divides by at least this std (0: off)
+    scope: str = CREDIT.scope            # all_negative | all_incorrect | off (plain GRPO)
+    credit: str = CREDIT.credit          # sigmoid | linear: judged prefix fraction -> partial credit
+    credit_beta: float = CREDIT.credit_beta    # sigmoid(credit_beta * (rts - credit_gamma))
+    credit_gamma: float = CREDIT.credit_gamma
+    credit_scale: float = CREDIT.credit_scale  # linear: the most partial credit, as a fraction of correct_reward
+    adv_scale: str = CREDIT.scale        # group | batch | none: what the advantages are divided by
+    adv_eps: float = CREDIT.eps
+    credited_std_floor: float = CREDIT.credited_std_floor  # adv_scale group: a credited group divides by at
+                                         # least this std (0: off)
     filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
-    credit_assignment: str = "sequence"  # sequence (published SGPO) | prefix (judged steps only)
+    credit_assignment: str = CREDIT.credit_assignment  # sequence (published SGPO) | prefix (judged steps only)
 
     # ---- [loss]
     loss_type: str = "dapo"              # grpo | bnpo | dapo | dr_grpo | cispo | sapo (TRL's formulas)
@@ -122,8 +130,20 @@ class TrainConfig:
     parallel: str = "ddp"                # under torchrun: ddp (replicated) | fsdp (FSDP2: parameters, gradients
                                          # and optimizer state sharded; bf16 compute on GPUs)
 
+    def credit_config(self) -> CreditConfig:
+        """The SGPO credit settings of this config (the fields of [sgpo] and the rewards)."""
+        return CreditConfig(scope=self.scope, credit=self.credit, credit_beta=self.credit_beta,
+                            credit_gamma=self.credit_gamma, credit_scale=self.credit_scale, scale=self.adv_scale,
+                            eps=self.adv_eps, credited_std_floor=self.credited_std_floor,
+                            correct_reward=self.correct_reward, incorrect_reward=self.incorrect_reward,
+                            credit_assignment=self.credit_assignment)
+
+    def judge_options(self) -> dict:
+        """The judge options this config gives (judge/registry.py names), e.g. {"url": judge_url, ...}."""
+        return {opt: getattr(self, name) for opt, name in JUDGE_OPTION_FIELDS.items()}
+
     def validate(self) -> "TrainConfig":
-        choices = dict(rollout=("local", "openai"), judge=("builtin", "http", "local", "none"),
+        choices = dict(rollout=("local", "openai"), judge=judge_names(),
                        scope=options.SCOPES, credit=options.CREDITS, credit_assignment=options.CREDIT_ASSIGNMENTS,
                        adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
                        importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
@@ -153,17 +173,20 @@ class TrainConfig:
             raise ValueError("config field 'temperature': RL needs sampling (> 0); greedy rollouts have no variance")
         if self.rollout == "openai" and not (self.rollout_url and self.rollout_model):
             raise ValueError("config fields 'rollout_url' and 'rollout_model' are required with rollout = 'openai'")
-        if self.judge == "http" and not (self.judge_url and self.judge_model):
-            raise ValueError("config fields 'judge_url' and 'judge_model' are required with judge = 'http'")
+        spec = check_judge(self.judge, self.judge_options(), "config field 'judge'",
+                           lambda o: f"config field '{JUDGE_OPTION_FIELDS[o]}'")
         if self.judge == "builtin" and self.dataset != BUILTIN:
             raise ValueError("config field 'judge': 'builtin' is the built-in task's checker; with your own "
-                             "dataset use 'http', 'local' or 'none' (with scope = 'off')")
-        if self.judge == "none" and self.scope != "off":
-            raise ValueError("config field 'scope': without a judge (judge = 'none') only scope = 'off' works")
+                             f"dataset use one of {', '.join(n for n in judge_names() if n != 'builtin')} "
+                             "('none' with scope = 'off')")
+        if not spec.needs_judge and self.scope != "off":
+            raise ValueError(f"config field 'scope': without a judge (judge = '{self.judge}') only scope = 'off' works")
+        self.credit_config().validated(lambda f: f"config field '{_CREDIT_FIELDS.get(f, f)}'")
         return self
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_CREDIT_FIELDS = {"scale": "adv_scale", "eps": "adv_eps"}  # CreditConfig's names of TrainConfig fields
 
 # What TRL's GRPOConfig (or verl) calls some fields: a user's first guess.
 _OTHER_NAMES = {"learning_rate": "lr", "num_generations": "num_samples", "max_completion_length": "max_new_tokens",
@@ -193,6 +216,10 @@ def field_tables() -> list[tuple[str, list[tuple[str, str, Any, str]]]]:
         text = line.strip()
         if text.startswith("# ---- ["):
             tables.append((text[len("# ---- "):], []))
+            continue
+        if text.startswith("#") and tables and tables[-1][1]:  # a field's comment, continued
+            name, kind, default, comment = tables[-1][1][-1]
+            tables[-1][1][-1] = (name, kind, default, f"{comment} {text.lstrip('#').strip()}")
             continue
         name = text.split(":", 1)[0]
         if name in FIELDS and tables:

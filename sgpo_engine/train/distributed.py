@@ -39,6 +39,10 @@ class Dist:
         dist.all_reduce(t)
         return t.tolist()
 
+    def all(self, flag: bool) -> bool:
+        """Whether flag holds on every rank."""
+        return flag if self.world == 1 else self.sum([float(flag)])[0] == self.world
+
     def sum_named(self, *parts: dict[str, float]) -> list[dict[str, float]]:
         """`sum` of named values, several dicts in one collective: each dict
         with its sums over ranks (every rank passes the same names, in order)."""

@@ -1,11 +1,92 @@
-"""Per-step metrics: OUTPUT/metrics.jsonl (one JSON object per step) and
-TensorBoard when it is installed; sample completions: OUTPUT/completions.jsonl
-(what the policy wrote, what the verifier and the judge said of it)."""
+"""Per-step metrics: what they are (response_sums on each rank, then
+step_metrics from the sums over ranks), and where they go: OUTPUT/metrics.jsonl
+(one JSON object per step) and TensorBoard when it is installed; sample
+completions: OUTPUT/completions.jsonl (what the policy wrote, what the
+verifier and the judge said of it)."""
 from __future__ import annotations
 
 import json
 import math
 import os
+from dataclasses import dataclass
+
+import torch
+
+_SUMS = ("responses", "correct", "reward", "sgpo_reward", "all_negative", "groups", "credited", "rts", "judged",
+         "judge_failures", "response_tokens", "adv_abs_credited", "credited_group_responses", "adv_abs_mixed",
+         "mixed_group_responses", "train_tokens", "credit_fallbacks")
+
+
+@dataclass
+class Timings:
+    """Seconds of one step on one rank."""
+    rollout: float
+    update: float
+    step: float
+
+
+def response_sums(groups, scored, batch) -> dict[str, float]:
+    """This rank's sums of the step's per-response quantities (the same names on every rank,
+    in the same order, so one all-reduce adds them). scored: the ScoredGroups of `groups`
+    (None when this rank had no prompts); batch: its TrainBatch."""
+    sums = dict.fromkeys(_SUMS, 0.0)
+    flat = [c for g in groups for c in g]
+    if flat:
+        out, adv = scored.rewards, scored.advantages
+        judged = ~torch.isnan(out.rts)
+        sums.update(responses=float(len(flat)), correct=float(out.correct.sum()),
+                    reward=float(out.rewards.sum()), sgpo_reward=float(adv.rewards.sum()),
+                    all_negative=float(adv.all_negative.sum()), groups=float(len(groups)),
+                    credited=float(scored.credited.sum()), rts=float(out.rts[judged].sum()),
+                    judged=float(judged.sum()), judge_failures=float(out.failed),
+                    response_tokens=float(sum(len(c.token_ids) for c in flat)))
+        sums.update(advantage_scale_sums(scored))
+    sums["train_tokens"] = float(batch.positions)
+    sums["credit_fallbacks"] = float(batch.credit_fallbacks)
+    return sums
+
+
+def advantage_scale_sums(scored) -> dict[str, float]:
+    """The phantom-gradient gauge: sums of |advantage| over the responses of credited groups
+    (some partial credit) and of mixed groups (correct and incorrect responses), and their counts."""
+    sizes = scored.group_sizes                                              # [P]
+    group_of = torch.repeat_interleave(torch.arange(len(sizes)), sizes)     # [N]
+    in_credited = torch.zeros(len(sizes), dtype=torch.bool).index_put_((group_of[scored.credited],),
+                                                                       torch.tensor(True))
+    correct_count = torch.zeros(len(sizes)).index_add_(0, group_of, scored.rewards.correct.float())
+    mixed = (correct_count > 0) & (correct_count < sizes)
+    a = scored.advantages.advantages.abs()
+    per = lambda flags: flags.repeat_interleave(sizes)
+    return {"adv_abs_credited": float(a[per(in_credited)].sum()),
+            "credited_group_responses": float(per(in_credited).sum()),
+            "adv_abs_mixed": float(a[per(mixed)].sum()), "mixed_group_responses": float(per(mixed).sum())}
+
+
+def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_credit: bool) -> dict:
+    """The step's metrics from the sums over ranks `g` (response_sums), the UpdateStats and the
+    slowest rank's timings."""
+    n = max(g["responses"], 1.0)
+    m = {
+        "step": step, "loss": update.loss,
+        "reward_mean": g["reward"] / n, "sgpo_reward_mean": g["sgpo_reward"] / n, "accuracy": g["correct"] / n,
+        "all_negative_frac": g["all_negative"] / max(g["groups"], 1.0), "credited_frac": g["credited"] / n,
+        "rts_mean": g["rts"] / g["judged"] if g["judged"] else float("nan"),
+        "judge_failures": int(g["judge_failures"]),
+        "clip_ratio_low": update.clip_ratio_low, "clip_ratio_high": update.clip_ratio_high,
+        "kl_mean": update.kl_mean, "grad_norm": update.grad_norm,
+        "lr": update.lr,
+        **update.rollout_is,
+        "response_len_mean": g["response_tokens"] / n,
+        "rollout_tokens_per_s": g["response_tokens"] / max(times.rollout, 1e-9),
+        "train_tokens_per_s": g["train_tokens"] / max(times.update, 1e-9),
+        "step_seconds": times.step,
+    }
+    for kind in ("credited", "mixed"):  # the phantom-gradient gauge: |advantage| by kind of group
+        count = g[f"{kind}_group_responses"]
+        m[f"adv_abs_{kind}"] = g[f"adv_abs_{kind}"] / count if count else float("nan")
+    if prefix_credit:  # judged responses whose steps did not map onto tokens
+        m["credit_fallbacks"] = int(g["credit_fallbacks"])
+    return m
 
 
 class MetricsWriter:
