@@ -48,7 +48,7 @@ def main(argv=None):
 
     if args.model is None:  # the built-in task: its model, problems, exact judge and verifier
         model_path, rows = tasks.warm_start_path(), builtin_rows(16)
-        reward = SGPOReward(tasks.make_judge(), verifier=tasks.verify, scope="all_negative")
+        reward = SGPOReward(tasks.exact_judge(), verifier=tasks.verify, scope="all_negative")
     else:
         if not (args.dataset and args.judge_url and args.judge_model):
             ap.error("--model needs --dataset, --judge-url and --judge-model")

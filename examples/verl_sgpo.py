@@ -87,7 +87,7 @@ def main(argv=None):
         data.non_tensor_batch[key] = np.array([o["reward_extra_info"][key] for o in outs], dtype=object)
 
     grpo = compute_advantage(copy.deepcopy(data), "grpo", norm_adv_by_std_in_grpo=True)
-    sgpo_verl.set_judge(tasks.make_judge())
+    sgpo_verl.set_judge(tasks.exact_judge())
     sgpo = compute_advantage(data, "sgpo", config=OmegaConf.create({"norm_adv_by_std_in_grpo": True,
                                                                      "sgpo": {"scope": "all_negative"}}))
 

@@ -55,7 +55,7 @@ def _case(seed=0):
 
 
 def _reward(**kw):
-    return SGPOReward(tasks.make_judge(), verifier=tasks.verify, beta=BETA, gamma=GAMMA, **kw)
+    return SGPOReward(tasks.exact_judge(), verifier=tasks.verify, credit_beta=BETA, credit_gamma=GAMMA, **kw)
 
 
 def test_rewards_follow_the_sgpo_rule():
@@ -115,7 +115,7 @@ def _worker(rank, world, port, split, queue):
         prompts, completions, answers, _ = _case()
         lo, hi = (0, split) if rank == 0 else (split, len(prompts))
         reward = SGPOReward(CountingJudge(tasks.arith.step_judge, step_mode="line"), verifier=tasks.verify,
-                            beta=BETA, gamma=GAMMA)
+                            credit_beta=BETA, credit_gamma=GAMMA)
         got = reward(prompts=prompts[lo:hi], completions=completions[lo:hi], answer=answers[lo:hi])
         queue.put((rank, got, CountingJudge.calls))
     finally:
@@ -192,13 +192,14 @@ def test_prefix_advantages_follow_the_first_wrong_step():
     hf = AutoTokenizer.from_pretrained(tasks.warm_start_path(train_if_missing=False, log=None))
     prompts, completions, answers, _ = _case()
     reward = _reward(credit_assignment="prefix")
-    reward(prompts=prompts, completions=completions, answer=answers)
+    scores = reward.score(prompts, completions, answer=answers)
     ids = [hf(c, add_special_tokens=False)["input_ids"] for c in completions]
     T = max(map(len, ids)) + 3
     completion_ids = torch.tensor([x + [hf.pad_token_id] * (T - len(x)) for x in ids])
     mask = torch.tensor([[1] * len(x) + [0] * (T - len(x)) for x in ids])
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5] * 3)
-    out = prefix_advantages(reward, advantages, completion_ids, mask, Tokenizer(hf.backend_tokenizer))
+    out = prefix_advantages(advantages, scores, completion_ids, mask, Tokenizer(hf.backend_tokenizer),
+                            reward.step_mode)
     assert out.shape == (12, T)
     for i, (text, x) in enumerate(zip(completions, ids)):
         a = float(advantages[i])

@@ -97,11 +97,11 @@ class CountingJudge:
 @pytest.mark.parametrize("norm", [True, False])
 def test_judged_groups_match_the_sgpo_reference(credit, norm, gen):
     nt, scores, rts, uids = _arith_case(gen)
-    judge = CountingJudge(tasks.make_judge())
+    judge = CountingJudge(tasks.exact_judge())
     sgpo_verl.set_judge(judge)
     try:
         cfg = OmegaConf.create({"norm_adv_by_std_in_grpo": norm,
-                                "sgpo": {"credit": credit, "beta": BETA, "gamma": GAMMA, "credit_scale": 0.5}})
+                                "sgpo": {"credit": credit, "credit_beta": BETA, "credit_gamma": GAMMA, "credit_scale": 0.5}})
         out = compute_advantage(_batch(scores, uids, 6, gen, nt), "sgpo", config=cfg)
     finally:
         sgpo_verl._judges.clear()
@@ -112,8 +112,9 @@ def test_judged_groups_match_the_sgpo_reference(credit, norm, gen):
     order = np.argsort([int(u[1:]) for u in uids], kind="stable")
     ref = reference.group_advantages(torch.tensor(scores, dtype=torch.float64)[order], torch.tensor([0, 4, 8, 12]),
                                      torch.tensor(nt["sgpo_correct"])[order], torch.tensor(rts)[order],
-                                     credit=credit, beta=BETA, gamma=GAMMA, credit_scale=0.5,
-                                     scale="group" if norm else "none", eps=1e-6)[0]
+                                     scope="all_negative", credit=credit, credit_beta=BETA, credit_gamma=GAMMA,
+                                     credit_scale=0.5, scale="group" if norm else "none", eps=1e-6,
+                                     credited_std_floor=0.0)[0]
     expected = torch.empty(12, dtype=torch.float64)
     expected[order] = ref
     mask = out.batch["response_mask"]
@@ -223,7 +224,7 @@ def test_settings_from_verls_own_config(gen):
         cfg = compose(config_name="ppo_trainer", overrides=[
             "algorithm.adv_estimator=sgpo", "reward.reward_manager.name=sgpo",
             "+algorithm.sgpo.judge.url=http://127.0.0.1:9/v1", "+algorithm.sgpo.judge.model=m",
-            "+algorithm.sgpo.beta=2.0", "+algorithm.sgpo.gamma=0.3"])
+            "+algorithm.sgpo.credit_beta=2.0", "+algorithm.sgpo.credit_gamma=0.3"])
     nt, scores, rts, uids = _arith_case(gen)
     nt["sgpo_rts"] = rts
     out = compute_advantage(_batch(scores, uids, 3, gen, nt), cfg.algorithm.adv_estimator, config=cfg.algorithm)

@@ -17,18 +17,21 @@ The estimator runs once per step on the driver, where the whole groups are:
 it groups the responses by uid, sends the incorrect responses in scope to the
 judge (scope "all_negative": only groups with no correct response; each
 response once), writes their RTS to the batch as `sgpo_rts` (NaN where not
-judged), and computes the advantages with `ops.group_advantages` (docs/design.md
+judged), and computes the advantages with `credit.sgpo_advantages` (docs/design.md
 sections 1 and 4.5). If the batch already has `sgpo_rts` (your own reward
 manager judged), no judge is called. With scope "off" it equals verl's "grpo"
 estimator, singleton groups included (verl gives them mean 0, std 1).
 
-Settings, all under algorithm.sgpo (defaults as in TrainConfig): scope, credit,
-beta, gamma, credit_scale, credited_std_floor, and judge.{url, model, step_mode,
-concurrency, timeout}.
+Settings, all under algorithm.sgpo (defaults: sgpo_engine.credit.CreditConfig):
+scope, credit, credit_beta, credit_gamma, credit_scale, credited_std_floor, and
+judge.{name, ...}: a judge of sgpo_engine.judge.JUDGES (default "http") and its
+options (for http: url, model, step_mode, concurrency, timeout, ...).
+The advantages' scale and eps are verl's own (norm_adv_by_std_in_grpo, epsilon).
 `set_judge(judge)` installs any sgpo_engine judge object in-process instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import sys
@@ -40,15 +43,16 @@ from verl.experimental.reward_loop.reward_manager import register as register_re
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 from verl.trainer.ppo.core_algos import register_adv_est
 
-from .. import ops
-from ..judge import HTTPJudge, judge_in_scope
+from ..credit import CreditConfig, sgpo_advantages
+from ..judge import JudgeContext, judge_in_scope, make_judge
 from ..judge import verify as verify_answer
-from ..options import CREDITS, SCOPES, check_choice
 
 log = logging.getLogger(__name__)
 
-DEFAULTS = dict(scope="all_negative", credit="sigmoid", beta=5.0, gamma=0.5, credit_scale=0.5, credited_std_floor=0.0)
-_judges: dict = {}  # (url, model, ...) -> HTTPJudge, kept across steps for its verdict cache
+# the algorithm.sgpo fields: CreditConfig's, less what verl decides itself (scale, eps) or
+# does not use here (the outcome rewards are verl's scores; credit is per response)
+SETTINGS = ("scope", "credit", "credit_beta", "credit_gamma", "credit_scale", "credited_std_floor")
+_judges: dict = {}  # (name, options) -> judge, kept across steps for its verdict cache
 
 
 def set_judge(judge) -> None:
@@ -98,28 +102,31 @@ class SGPORewardManager(RewardManagerBase):
 # --------------------------------------------------------------------------
 # Advantage estimator: per step, on the driver, over whole groups
 # --------------------------------------------------------------------------
-def _settings(config) -> dict:
+def _settings(config) -> tuple[CreditConfig, dict]:
+    """algorithm.sgpo -> (its CreditConfig, its judge settings)."""
     got = config.get("sgpo", None) if config is not None and hasattr(config, "get") else None
-    s = dict(DEFAULTS, **{k: v for k, v in dict(got or {}).items()})
-    unknown = set(s) - set(DEFAULTS) - {"judge"}
+    s = dict(got or {})
+    judge = dict(s.pop("judge", None) or {})
+    unknown = sorted(set(s) - set(SETTINGS))
     if unknown:
-        raise ValueError(f"algorithm.sgpo: unknown field(s) {sorted(unknown)} (known: {sorted(DEFAULTS)} and judge)")
-    check_choice("algorithm.sgpo.scope", s["scope"], SCOPES)
-    check_choice("algorithm.sgpo.credit", s["credit"], CREDITS)
-    return s
+        raise ValueError(f"algorithm.sgpo: unknown field(s) {unknown} (known: {sorted(SETTINGS)} and judge)")
+    credit = dataclasses.replace(CreditConfig(), **s).validated(lambda f: f"algorithm.sgpo.{f}")
+    return credit, judge
 
 
 def _judge(settings: dict):
     if "installed" in _judges:
         return _judges["installed"]
-    j = dict(settings.get("judge") or {})
-    if not j.get("url") or not j.get("model"):
-        raise ValueError("algorithm.sgpo.judge: scope "
-                         f"{settings['scope']!r} needs a judge: set algorithm.sgpo.judge.url and .model "
-                         "(or call sgpo_engine.integrations.verl.set_judge), or algorithm.sgpo.scope=off")
-    key = tuple(sorted((k, str(v)) for k, v in j.items()))
+    j = dict(settings)
+    name = str(j.pop("name", "http"))
+    key = (name, tuple(sorted((k, str(v)) for k, v in j.items())))
     if key not in _judges:
-        _judges[key] = HTTPJudge(j.pop("url"), j.pop("model"), **j)
+        try:
+            _judges[key] = make_judge(name, j, JudgeContext(), where="algorithm.sgpo.judge.name",
+                                      option_name=lambda o: f"algorithm.sgpo.judge.{o}")
+        except ValueError as e:
+            raise ValueError(f"{e} (or call sgpo_engine.integrations.verl.set_judge, or set "
+                             "algorithm.sgpo.scope=off)") from None
     return _judges[key]
 
 
@@ -139,7 +146,7 @@ def _groups(index) -> tuple[np.ndarray, list[int]]:
     return order, offsets
 
 
-def _rts(nt: dict, order, offsets, correct: list[bool], settings: dict) -> tuple[np.ndarray, int]:
+def _rts(nt: dict, order, offsets, correct: list[bool], credit: CreditConfig, judge: dict) -> tuple[np.ndarray, int]:
     """RTS [N] in batch order (NaN = not judged): the batch's own `sgpo_rts`, else the judge's."""
     if "sgpo_rts" in nt:
         return np.asarray(nt["sgpo_rts"], dtype=np.float64), 0
@@ -149,7 +156,7 @@ def _rts(nt: dict, order, offsets, correct: list[bool], settings: dict) -> tuple
                              "(or give 'sgpo_rts' yourself)")
     problems = [str(nt["sgpo_problem"][i]) for i in order]
     responses = [str(nt["sgpo_response"][i]) for i in order]
-    verdicts = judge_in_scope(_judge(settings), problems, responses, correct, offsets, settings["scope"])
+    verdicts = judge_in_scope(_judge(judge), problems, responses, correct, offsets, credit.scope)
     rts = np.full(len(order), math.nan)
     rts[order] = [math.nan if v is None else v.rts for v in verdicts]
     return rts, sum(v is not None and v.failed for v in verdicts)
@@ -161,7 +168,7 @@ def compute_sgpo_outcome_advantage(token_level_rewards: torch.Tensor, response_m
                                    non_tensor_batch: Optional[dict] = None, epsilon: float = 1e-6,
                                    norm_adv_by_std_in_grpo: Optional[bool] = None, **_):
     """token_level_rewards [B, T], response_mask [B, T], index [B] uids -> (advantages, returns) [B, T]."""
-    settings = _settings(config)
+    credit, judge = _settings(config)
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = config.get("norm_adv_by_std_in_grpo", True) if config is not None else True
     B = token_level_rewards.shape[0]
@@ -174,24 +181,21 @@ def compute_sgpo_outcome_advantage(token_level_rewards: torch.Tensor, response_m
     order_t = torch.as_tensor(order, device=scores.device)
     correct = rts = None
     failed = 0
-    if settings["scope"] != "off":
+    if credit.scope != "off":
         nt = non_tensor_batch if non_tensor_batch is not None else _caller_batch()
         if nt is None or "sgpo_correct" not in nt:
             raise ValueError("non_tensor_batch: no 'sgpo_correct'; set reward.reward_manager.name=sgpo "
                              "(or algorithm.sgpo.scope=off)")
         correct_b = [bool(c) for c in nt["sgpo_correct"]]
         correct = [correct_b[i] for i in order]
-        rts_b, failed = _rts(nt, order, offsets, correct, settings)
+        rts_b, failed = _rts(nt, order, offsets, correct, credit, judge)
         nt["sgpo_rts"] = rts_b  # logged with the generations by verl's dump
         correct = torch.tensor(correct, device=scores.device)
         rts = torch.as_tensor(rts_b, dtype=torch.float32, device=scores.device)[order_t]
     if failed:
         log.warning("sgpo: %d judge verdicts failed this step; those responses keep their outcome reward", failed)
-    out = ops.group_advantages(scores[order_t], group_offsets=torch.tensor(offsets), correct=correct, rts=rts,
-                               scope=settings["scope"], credit=settings["credit"], beta=settings["beta"],
-                               gamma=settings["gamma"], credit_scale=settings["credit_scale"],
-                               scale="group" if norm_adv_by_std_in_grpo else "none", eps=epsilon,
-                               credited_std_floor=float(settings["credited_std_floor"]))
+    credit = dataclasses.replace(credit, scale="group" if norm_adv_by_std_in_grpo else "none", eps=epsilon)
+    out = sgpo_advantages(scores[order_t], correct, rts, torch.tensor(offsets), credit)
     adv = out.advantages.to(scores.dtype)
     sizes = torch.tensor(np.diff(offsets), device=scores.device)
     single = sizes.repeat_interleave(sizes) == 1  # verl: a group of one has mean 0, std 1

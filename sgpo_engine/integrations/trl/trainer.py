@@ -16,8 +16,9 @@ against GRPOTrainer's own on the same batch.
 
 Advantages of shape [B, T] are passed through as TRL itself does. With an
 SGPOReward(credit_assignment="prefix") among the reward functions, the trainer
-makes them: `_generate_and_score_completions` turns TRL's [B] advantages into
-step-level credit (docs/design.md 1.6) from that reward's verdicts.
+makes them: `_generate_and_score_completions` collects that reward's scores of
+the batch (`SGPOReward.collect`) and turns TRL's [B] advantages into
+step-level credit (docs/design.md 1.6, credit.py) from their verdicts.
 
 vLLM's importance-sampling correction (all four modes) scales the advantages
 by TRL's truncated ratios, which is TRL's formula (see _compute_loss); only
@@ -37,8 +38,9 @@ import warnings
 import torch
 from trl import GRPOTrainer
 
-from .. import ops
-from .trl import SGPOReward, prefix_advantages
+from ... import ops
+from .credit import prefix_advantages
+from .reward import SGPOReward
 
 FUSED_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
 _TOKEN_NORMALIZED = ("dapo", "cispo")  # divided by TRL's num_items_in_batch, not a per-batch count
@@ -53,17 +55,21 @@ class SGPOGRPOTrainer(GRPOTrainer):
                           "(the fused loss does not support this)", stacklevel=2)
 
     def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
         prefix = [f for f in self.reward_funcs if isinstance(f, SGPOReward) and f.credit_assignment == "prefix"]
-        if prefix:
-            out["advantages"] = prefix_advantages(prefix[0], out["advantages"], out["completion_ids"],
-                                                  out["completion_mask"], self._offsets_tokenizer())
+        if not prefix:
+            return super()._generate_and_score_completions(inputs)
+        with prefix[0].collect() as calls:  # the reward's scores of this batch, verdicts included
+            out = super()._generate_and_score_completions(inputs)
+        if not calls:  # TRL did not score this batch with it: nothing to bound
+            return out
+        out["advantages"] = prefix_advantages(out["advantages"], calls[-1], out["completion_ids"],
+                                              out["completion_mask"], self._offsets_tokenizer(), prefix[0].step_mode)
         return out
 
     def _offsets_tokenizer(self):
         """sgpo_engine's Tokenizer over the processing class's fast tokenizer (decode_with_offsets)."""
         if not hasattr(self, "_sgpo_tokenizer"):
-            from ..model.tokenizer import Tokenizer
+            from ...model.tokenizer import Tokenizer
             hf = getattr(self.processing_class, "tokenizer", self.processing_class)
             if not hasattr(hf, "backend_tokenizer"):
                 raise ValueError("processing_class: prefix credit needs a fast (tokenizers-backed) tokenizer")
