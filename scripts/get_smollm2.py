@@ -11,7 +11,8 @@ and renamed, so an interrupted run leaves nothing half-written.
 
     python scripts/get_smollm2.py DIR        # ~95 MB download, ~30 s on 2 cores
 
-Needs transformers and gguf (the test and bench extras); the engine does not.
+Needs transformers and gguf: `pip install -e ".[real]"` (or `bash scripts/install.sh real`;
+the test and bench extras have them too). The engine itself does not.
 """
 from __future__ import annotations
 
@@ -78,10 +79,23 @@ def get_smollm2(out: str) -> str:
     return out
 
 
+def check_converters() -> None:
+    """The conversion's packages are there, or SystemExit naming the one to install."""
+    import importlib.util
+    missing = [m for m in ("transformers", "gguf") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise SystemExit(f"get_smollm2.py: the conversion needs {' and '.join(missing)}, which "
+                         f"{'is' if len(missing) == 1 else 'are'} not installed: "
+                         'pip install -e ".[real]" (or pip install ' + " ".join(missing) + ")")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dir", help="output folder (kept if it already holds the model)")
-    print(get_smollm2(ap.parse_args().dir))
+    out = ap.parse_args().dir
+    if not os.path.exists(os.path.join(out, "model.safetensors")):
+        check_converters()
+    print(get_smollm2(out))
 
 
 if __name__ == "__main__":

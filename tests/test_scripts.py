@@ -25,3 +25,13 @@ def test_bench_script_parses_its_arguments(script):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout
+
+
+def test_get_smollm2_names_the_missing_converter():
+    """Without transformers or gguf, scripts/get_smollm2.py says which to install (no traceback)."""
+    code = ("import sys; sys.modules['gguf'] = None; sys.path.insert(0, 'scripts'); "
+            "sys.argv = ['get_smollm2.py', 'unused-dir']; import get_smollm2; get_smollm2.main()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=subprocess_env(), capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "needs gguf" in r.stderr and 'pip install -e ".[real]"' in r.stderr
