@@ -591,7 +591,7 @@ class Server(ThreadingHTTPServer):
         self.max_completions, self.client_timeout = max_completions, client_timeout
         self.max_token_chars = policy.tokenizer.max_token_chars()
         if generate_fn is None:
-            from .generation import generate
+            from ..generation import generate
 
             def generate_fn(prompts, **params):
                 return generate(policy, prompts, **params)
@@ -615,7 +615,7 @@ class Server(ThreadingHTTPServer):
     def read_weights(self, path: str) -> dict:
         """A model folder's tensors in the served dtype and device, checked against the served
         model name by name and shape (ValueError naming the first difference)."""
-        from .model.io import read_folder
+        from ..model.io import read_folder
         _, decoder, _, _ = read_folder(path, dtype=self.policy.dtype, device=self.policy.device, tokenizer=False)
         new, old = decoder.state_dict(), self.policy.state_dict()
         for name in sorted(set(old) | set(new)):
@@ -693,8 +693,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from .tasks.factory import load_policy
-    from .threads import cpu_threads
+    from ..tasks.factory import load_policy
+    from ..threads import cpu_threads
 
     torch.set_num_threads(cpu_threads(args.threads, 1))
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
