@@ -168,21 +168,9 @@ class ModelConfig:
         d.update(
             architectures=[self.architecture],
             model_type=d.get("model_type", spec.model_type),
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            head_dim=self.head_dim,
             hidden_act=d.get("hidden_act", "silu"),
-            rms_norm_eps=self.rms_norm_eps,
+            **{name: getattr(self, name) for name in _WRITTEN_AS_IS},
             **rope_fields(self.rope_theta, self.rope_scaling),
-            max_position_embeddings=self.max_position_embeddings,
-            tie_word_embeddings=self.tie_word_embeddings,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=self.eos_token_id,
-            pad_token_id=self.pad_token_id,
         )
         d.update({name: getattr(self, name) for name in spec.bias_fields})
         d.update(spec.sliding_fields(self.sliding_window, self.sliding_layers))
@@ -202,6 +190,12 @@ def _spec(architecture: str) -> ArchSpec:
         raise ValueError(f"architecture: unsupported {architecture!r} "
                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     return ARCHITECTURES[architecture]
+
+
+# The fields to_hf_dict writes under their own names, as they are.
+_WRITTEN_AS_IS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "head_dim", "rms_norm_eps", "max_position_embeddings",
+                  "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id")
 
 
 def _arguments_of(d: dict, bad: Bad) -> dict[str, Any]:
