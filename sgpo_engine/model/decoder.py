@@ -13,7 +13,8 @@ building [tokens x vocab] logits.
 Attention is pluggable. Each layer computes q [B, Hq, T, D] and k, v
 [B, Hkv, T, D] (q/k norm and RoPE applied), then either calls the given
 `attention(layer_idx, q, k, v) -> [B, Hq, T, D]` (the generation engine,
-which owns the KV cache), or runs causal SDPA over the T tokens themselves.
+which owns the KV cache; the packed training layout, model/packed.py), or runs
+causal SDPA over the T tokens themselves.
 """
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in fp32 and cast back before the weight
-    multiply (the order transformers uses, which matters in bf16)."""
+    """x / rms(x) * weight, computed in fp32 (fp64 for fp64 inputs, so float64
+    checks see float64 round-off) and cast back before the weight multiply (the
+    order transformers uses, which matters in bf16)."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -45,7 +47,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(dtype, torch.float32))
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(dtype)
 
@@ -226,12 +228,14 @@ class Decoder(nn.Module):
 
         x = self.model.embed_tokens(input_ids)                                      # [B, T, H]
         cos, sin = self.rotary(positions, x.dtype)                                  # [B, T, D]
-        # Recomputing a layer must not call a stateful attention (a KV cache) twice,
-        # so checkpointing only applies to the built-in attention.
-        use_ckpt = self.gradient_checkpointing and attention is None and torch.is_grad_enabled()
+        # Recomputing a layer must not call a stateful attention (a KV cache) twice, so
+        # checkpointing applies to the built-in attention and to one marked `stateless`
+        # (model/packed.py: a pure function of q, k, v).
+        recomputable = attention is None or getattr(attention, "stateless", False)
+        use_ckpt = self.gradient_checkpointing and recomputable and torch.is_grad_enabled()
         for layer in self.model.layers:
             if use_ckpt:
-                x = checkpoint(layer, x, cos, sin, None, attention_mask, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, attention, attention_mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, attention, attention_mask)
         return self.model.norm(x)                                                   # [B, T, H]
