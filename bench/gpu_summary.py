@@ -23,6 +23,7 @@ KERNELS = {
     "decode_attention": ("decode_attention",),
     "generate (engine)": ("generate_greedy",),
     "5 train steps (engine)": ("training_steps",),
+    "packed update layout": ("packed_layout",),
 }
 BENCHES = ("ops", "generate", "generate_large", "train")
 

@@ -27,6 +27,7 @@ IS_LEVELS = ("token", "sequence")                  # importance ratio per token 
 # ---- trainer only (the ops never see these)
 CREDIT_ASSIGNMENTS = ("sequence", "prefix")        # one advantage per response, or per judged step
 ROLLOUT_IS = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask", "none")  # TRL's modes
+UPDATE_LAYOUTS = ("packed", "padded")              # how the update runs the decoder (train/batch.py)
 
 
 def check_choice(name: str, value, options: tuple) -> None:

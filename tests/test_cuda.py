@@ -186,3 +186,25 @@ def test_five_training_steps_cuda_match_cpu(tmp_path):
     assert du_cpu.norm() > 0
     assert torch.nn.functional.cosine_similarity(du_cpu, du_dev, dim=0) > 0.999
     assert abs(du_dev.norm() / du_cpu.norm() - 1) < 1e-2
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa", "mistral_window", "qwen2_bias_sliding", "qwen3_qknorm_tied"])
+def test_packed_layout_cuda_matches_padded(arch):
+    """The packed update layout (train/batch.py: SDPA with a block mask per group, on CUDA the
+    kernel the user's torch picks for a boolean mask) in fp32 on the device against the
+    padded layout in float64 on CPU: log-probs, loss and every gradient."""
+    from test_packed import batches, loss_and_grads, random_groups, random_policy
+    completions, groups = random_groups(seed=len(arch))
+    adv = torch.randn(len(completions), generator=torch.Generator().manual_seed(3))
+    padded, _ = batches(completions, groups, adv)
+    cpu = random_policy(arch, seed=len(arch))
+    want = loss_and_grads(cpu, padded, padded.micro_batches(64, 10 ** 6))
+    dev = random_policy(arch, seed=len(arch))
+    dev.decoder.float().to(CUDA)
+    from sgpo_engine.train.batch import train_batch
+    packed = train_batch("packed", completions, groups, adv, None, device=CUDA, old_logp=True, server_logp=False)
+    got = loss_and_grads(dev, packed, packed.micro_batches(64, 12))
+    assert got[0] == pytest.approx(want[0], rel=1e-4, abs=1e-6)
+    torch.testing.assert_close(got[2].cpu().double(), want[2], rtol=1e-4, atol=1e-5)
+    for name, g in want[1].items():
+        torch.testing.assert_close(got[1][name].cpu().double(), g, rtol=1e-3, atol=1e-5, msg=name)

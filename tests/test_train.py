@@ -445,15 +445,15 @@ def test_gradient_accumulation_is_exact(tmp_path, loss_type):
     kl = dict(beta=0.05, use_bias_correction_kl=True) if loss_type.endswith("+kl") else {}
     loss_type = loss_type.split("+")[0]
     results = []
-    for micro in (64, 3, 1):
+    for layout, micro in (("packed", 64), ("packed", 3), ("packed", 1), ("padded", 64), ("padded", 3)):
         policy = tasks.new_policy(seed=0)
         # Adam divides by sqrt(v) + eps: with the default eps 1e-8 it blows the fp32 rounding
         # of the gradient sums (~1e-9 absolute, summed in another order) up to lr-sized
         # steps on the elements whose gradient is itself ~1e-8. A larger eps keeps the
         # weight comparison about the gradients; they are also compared directly below.
-        trainer, _ = hand_trainer(tmp_path / str(micro), policy=policy, scope="all_incorrect",
+        trainer, _ = hand_trainer(tmp_path / f"{layout}{micro}", policy=policy, scope="all_incorrect",
                                   loss_type=loss_type, micro_batch_size=micro, max_grad_norm=0.0, mu=2,
-                                  adam_eps=1e-5, **kl)
+                                  adam_eps=1e-5, update_layout=layout, **kl)
         m = trainer.train_step()
         grads = {k: p.grad.clone() for k, p in policy.named_parameters()}
         results.append((params(policy), grads, m))
@@ -466,6 +466,34 @@ def test_gradient_accumulation_is_exact(tmp_path, loss_type):
             torch.testing.assert_close(g[k], g1[k], rtol=1e-5, atol=1e-7)
         assert m["loss"] == pytest.approx(m1["loss"], rel=1e-5, abs=1e-7)
         assert m["grad_norm"] == pytest.approx(m1["grad_norm"], rel=1e-5)
+
+
+def test_packed_layout_matches_padded_in_the_trainer(tmp_path):
+    """The update's packed layout (each prompt once, no padding; train/batch.py) against the
+    padded one through a whole step that uses every scoring path: prefix credit ([N, T]
+    advantages), beta > 0 (the reference model scores in the layout), mu 2 with
+    recompute_old_logp, gradient checkpointing, and a token budget that splits the groups."""
+    results = []
+    for layout in ("padded", "packed"):
+        policy = tasks.new_policy(seed=0)
+        trainer, cap = hand_trainer(tmp_path / layout, policy=policy, scope="all_incorrect", update_layout=layout,
+                                    credit_assignment="prefix", beta=0.05, mu=2, recompute_old_logp=True,
+                                    gradient_checkpointing=True, micro_batch_tokens=24, max_grad_norm=0.0,
+                                    adam_eps=1e-5)
+        m = trainer.train_step()
+        results.append((params(policy), {k: p.grad.clone() for k, p in policy.named_parameters()}, m, cap["batch"]))
+    (w0, g0, m0, padded), (w1, g1, m1, packed) = results
+    assert max_diff(w0, params(tasks.new_policy(seed=0))) > 1e-4
+    assert max_diff(w1, w0) < 1e-6
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], rtol=1e-5, atol=1e-7)
+    for key in ("loss", "grad_norm", "kl_mean"):
+        assert m1[key] == pytest.approx(m0[key], rel=1e-5, abs=1e-8), key
+    # what each layout computed: the padded one N x T positions, the packed one each prompt
+    # once per micro-batch and no padding (the budget of 24 splits the 4-row groups)
+    assert m0["update_positions"] == padded.n * padded.mask.shape[1] and m0["update_padding_frac"] > 0.3
+    assert packed.token_positions <= m1["update_positions"] < m0["update_positions"]
+    assert m1["update_padding_frac"] == pytest.approx(1 - packed.token_positions / m1["update_positions"])
 
 
 # --------------------------------------------------------------------------

@@ -99,7 +99,10 @@ class TrainConfig:
     beta: float = 0.0                    # k3 KL to the frozen initial policy
     use_bias_correction_kl: bool = False  # KL term k3 x ratio (TRL's option and default; unbiased gradient)
     mu: int = 1                          # optimization epochs per rollout
-    micro_batch_size: int = 64           # sequences per forward/backward
+    micro_batch_size: int = 64           # sequences per forward/backward, at most
+    update_layout: str = "packed"        # "packed": each prompt once, completions unpadded (docs/design.md 4.3);
+                                         # "padded": each row right-padded to the step's longest (the reference)
+    micro_batch_tokens: int = 4096       # packed: decoder positions per forward/backward, at most
     recompute_old_logp: bool = False     # recompute old log-probs instead of the sampler's
     gradient_checkpointing: bool = False
 
@@ -148,10 +151,12 @@ class TrainConfig:
                        adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
                        importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
                        rollout_sync=("disk", "none"), rollout_is=options.ROLLOUT_IS, parallel=("ddp", "fsdp"),
+                       update_layout=options.UPDATE_LAYOUTS,
                        dtype=("float32", "bfloat16", "float16"))
         for name, allowed in choices.items():
             options.check_choice(f"config field '{name}'", getattr(self, name), allowed)
-        positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "mu", "max_steps",
+        positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "micro_batch_tokens", "mu",
+                    "max_steps",
                     "save_every", "keep_checkpoints", "judge_concurrency", "judge_max_tokens")
         for name in positive:
             if getattr(self, name) < 1:

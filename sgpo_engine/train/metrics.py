@@ -14,7 +14,7 @@ import torch
 
 _SUMS = ("responses", "correct", "reward", "sgpo_reward", "all_negative", "groups", "credited", "rts", "judged",
          "judge_failures", "response_tokens", "adv_abs_credited", "credited_group_responses", "adv_abs_mixed",
-         "mixed_group_responses", "train_tokens", "credit_fallbacks")
+         "mixed_group_responses", "update_positions", "token_positions", "credit_fallbacks")
 
 
 @dataclass
@@ -41,7 +41,8 @@ def response_sums(groups, scored, batch) -> dict[str, float]:
                     judged=float(judged.sum()), judge_failures=float(out.failed),
                     response_tokens=float(sum(len(c.token_ids) for c in flat)))
         sums.update(advantage_scale_sums(scored))
-    sums["train_tokens"] = float(batch.positions)
+    sums["update_positions"] = float(batch.positions)
+    sums["token_positions"] = float(batch.token_positions)
     sums["credit_fallbacks"] = float(batch.credit_fallbacks)
     return sums
 
@@ -78,7 +79,11 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
         **update.rollout_is,
         "response_len_mean": g["response_tokens"] / n,
         "rollout_tokens_per_s": g["response_tokens"] / max(times.rollout, 1e-9),
-        "train_tokens_per_s": g["train_tokens"] / max(times.update, 1e-9),
+        "train_tokens_per_s": g["update_positions"] / max(times.update, 1e-9),
+        # what the update's layout cost: decoder positions, and the share of them spent beyond
+        # computing each token once (padding, repeated prompts; train/batch.py)
+        "update_positions": int(g["update_positions"]),
+        "update_padding_frac": 1 - g["token_positions"] / g["update_positions"] if g["update_positions"] else 0.0,
         "step_seconds": times.step,
     }
     for kind in ("credited", "mixed"):  # the phantom-gradient gauge: |advantage| by kind of group

@@ -2,7 +2,7 @@
 
     parallel = make_parallel(cfg, dist, policy)     # SingleProcess | DDP | FSDP
     parallel.model                   what forwards and backwards run through [B, T] -> [B, T, H]
-    parallel.micro_batches(n, size)  row ranges of this rank's micro-batches (None: an empty one)
+    parallel.micro_batches(micro)    the batch's micro-batches as every rank runs them (None: an empty one)
     parallel.backward(last)          the context of one micro-batch's backward (gradient sync on the last)
     parallel.lm_head_weight(policy)  the LM-head weight [V, H] the fused loss reads
     parallel.grad_norm(norm)         clip_grad_norm_'s total as a float
@@ -46,9 +46,10 @@ class SingleProcess:
         """The reference model (beta > 0) as this strategy keeps it."""
         return ref
 
-    def micro_batches(self, n: int, size: int) -> list[Optional[torch.Tensor]]:
-        """Row ranges [b] int64 of this rank's n sequences, `size` at a time."""
-        return [torch.arange(i, min(i + size, n)) for i in range(0, n, size)]
+    def micro_batches(self, micro: list[torch.Tensor]) -> list[Optional[torch.Tensor]]:
+        """This rank's micro-batches (row indices [b] each, from the batch's layout) as every
+        rank must run them (None: an empty one)."""
+        return micro
 
     def backward(self, last: bool):
         """The context one micro-batch's forward and backward run in."""
@@ -118,9 +119,9 @@ class DDP(SingleProcess):
         from torch.nn.parallel import DistributedDataParallel
         self.model = DistributedDataParallel(policy.decoder)
 
-    def micro_batches(self, n: int, size: int) -> list[Optional[torch.Tensor]]:
+    def micro_batches(self, micro: list[torch.Tensor]) -> list[Optional[torch.Tensor]]:
         # a rank without sequences still joins the all-reduce: one empty micro-batch
-        return super().micro_batches(n, size) or [None]
+        return micro or [None]
 
     def backward(self, last: bool):
         return contextlib.nullcontext() if last else self.model.no_sync()
@@ -141,9 +142,8 @@ class FSDP(SingleProcess):
         fsdp.shard(ref.decoder, self.policy.device)
         return ref
 
-    def micro_batches(self, n: int, size: int) -> list[Optional[torch.Tensor]]:
+    def micro_batches(self, micro: list[torch.Tensor]) -> list[Optional[torch.Tensor]]:
         # padded with empty ones up to the largest count of any rank: equal collectives everywhere
-        micro = super().micro_batches(n, size)
         most = int(max(self.dist.all_gather_floats([float(len(micro))])))
         return micro + [None] * (most - len(micro))
 

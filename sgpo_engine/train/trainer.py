@@ -35,7 +35,7 @@ from ..progress import Progress
 from ..tasks import Example, Task, load_policy, make_task
 from ..threads import cpu_threads
 from . import checkpoint as ckpt
-from .batch import TrainBatch, padded_batch
+from .batch import TrainBatch, train_batch
 from .config import JUDGE_OPTION_FIELDS, TrainConfig, to_toml
 from .distributed import Dist
 from .metrics import CompletionLog, MetricsWriter, Timings, response_sums, step_metrics
@@ -276,10 +276,11 @@ class SGPOTrainer:
         return torch.ones_like(scored.rewards.correct)
 
     def _batch(self, examples, groups, scored: Optional[ScoredGroups]) -> TrainBatch:
-        """The kept, non-empty completions as the update's TrainBatch (batch.py), with step-level
-        advantages under credit_assignment "prefix"."""
+        """The kept, non-empty completions as the update's TrainBatch in config field
+        `update_layout` (batch.py), with step-level advantages under credit_assignment "prefix"."""
         cfg = self.cfg
         flat = [c for g in groups for c in g]
+        group_of = [k for k, g in enumerate(groups) for _ in g]
         kept = [i for i, k in enumerate(self._kept(scored).tolist()) if k and flat[i].token_ids] if flat else []
         adv = scored.advantages.advantages[kept] if flat else torch.zeros(0)
         completions = [flat[i] for i in kept]
@@ -291,7 +292,8 @@ class SGPOTrainer:
         old = all(c.logprobs is not None for c in completions) and not cfg.recompute_old_logp
         server = all(c.server_logprobs is not None for c in completions) and cfg.rollout_is != "none" \
             and cfg.rollout == "openai"
-        batch = padded_batch(completions, adv, reach, device=self.device, old_logp=old, server_logp=server)
+        batch = train_batch(cfg.update_layout, completions, [group_of[i] for i in kept], adv, reach,
+                            device=self.device, old_logp=old, server_logp=server)
         batch.credit_fallbacks = fallbacks
         return batch
 

@@ -2,6 +2,7 @@
 
     stats = update(policy, batch, cfg, optim, parallel, step, reference=None)
 
+    micro-batches: batch.micro_batches (the layout's: rows, or packed to a token budget)
     if needed: old_logp / ref_logp [N, T] by score_logprobs, micro-batch by micro-batch
     server rollouts: advantages x truncated IS weights (rollout_is), before the epochs
     for epoch in range(mu):                       (order: seeded by (seed, step, epoch))
@@ -53,22 +54,19 @@ class UpdateStats:
 
 
 @torch.no_grad()
-def logprobs(policy, input_ids: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log-probs [b, T] of targets [b, T] under policy, at the sampling temperature."""
-    hidden = policy.hidden_states(input_ids)
-    return ops.fused_logprobs(hidden, policy.lm_head_weight, targets, temperature=temperature)
-
-
 def score_logprobs(policy, batch: TrainBatch, micro: list, temperature: float) -> torch.Tensor:
-    """log-probs [N, T] of the batch's targets under `policy`, micro-batch by micro-batch
-    (an empty entry runs an empty forward: under FSDP the other ranks' all-gathers need it)."""
+    """log-probs [N, T] of the batch's targets under `policy` at the sampling temperature,
+    micro-batch by micro-batch in the batch's layout (an empty entry runs an empty forward:
+    under FSDP the other ranks' all-gathers need it)."""
     out = torch.zeros_like(batch.mask)
     for idx in micro:
         if idx is None:
             empty = torch.zeros(1, 1, dtype=torch.int64, device=batch.mask.device)
-            logprobs(policy, empty, empty, temperature)
-        else:
-            out[idx] = logprobs(policy, batch.input_ids[idx], batch.targets[idx], temperature)
+            ops.fused_logprobs(policy.hidden_states(empty), policy.lm_head_weight, empty, temperature=temperature)
+            continue
+        idx = idx.to(out.device)
+        hidden = batch.hidden(policy.decoder, idx)                                    # [b, T, H]
+        out[idx] = ops.fused_logprobs(hidden, policy.lm_head_weight, batch.targets[idx], temperature=temperature)
     return out
 
 
@@ -108,7 +106,7 @@ def update(policy, batch: TrainBatch, cfg, optim: Optim, parallel, step: int, re
             optim.scheduler.step()  # the schedule follows the step count, updates or not
         return stats
     parallel.model.train()
-    micro = parallel.micro_batches(n, cfg.micro_batch_size)
+    micro = parallel.micro_batches(batch.micro_batches(cfg.micro_batch_size, cfg.micro_batch_tokens))
     # external rollouts or recompute_old_logp: the rollout policy's log-probs, now, before any step
     if parallel.forwards_agree(batch.old_logp is None):
         old = score_logprobs(policy, batch, micro, cfg.temperature)
@@ -127,7 +125,7 @@ def update(policy, batch: TrainBatch, cfg, optim: Optim, parallel, step: int, re
                 if idx is None:  # an empty micro-batch: this rank joins the others' collectives
                     parallel.empty_backward()
                     continue
-                rows = order[idx.to(order.device)]
+                rows = batch.epoch_rows(idx, order)
                 hidden = batch.hidden(parallel.model, rows)                               # [b, T, H]
                 loss, met = ops.fused_policy_loss(
                     hidden, parallel.lm_head_weight(policy), batch.targets[rows], batch.mask[rows],
