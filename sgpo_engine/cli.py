@@ -1,6 +1,6 @@
 """The `sgpo` command.
 
-    sgpo demo [--quick] [--output DIR]            GRPO vs SGPO on the built-in task
+    sgpo demo [--quick | --full] [--output DIR]   GRPO vs SGPO on the built-in task
     sgpo train --config FILE.toml [--field value ...]
     sgpo generate --model DIR --prompt TEXT [-n G] [--max-new-tokens N] ...
     sgpo serve --model DIR [--host 127.0.0.1] [--port 8000]
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo, overrides_ok=True)
 
     from . import serve
-    serve.add_parser(sub).set_defaults(overrides_ok=False)
+    serve.add_parser(sub)
     return p
 
 
@@ -123,8 +123,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if rest and not getattr(args, "overrides_ok", False):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        if args.command == "serve":
-            return args.func(args)
         return args.func(args, rest)
     except ValueError as e:  # bad config, data or arguments: one clear line, no traceback
         print(f"sgpo {args.command}: error: {e}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """`python -m sgpo_engine.serve`: the same as `sgpo serve`."""
 import sys
 
-from .http import main
+from .cli import main
 
 sys.exit(main())
