@@ -67,14 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
-    from .train.config import fields_help
+    from .judge.registry import judges_help
+    from .train.config import JUDGE_OPTION_FIELDS, fields_help
     t = sub.add_parser("train", help="train with SGPO/GRPO from a TOML config (extra --field value overrides)",
                        usage="sgpo train [--config FILE.toml] [--FIELD VALUE ...]",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Every field below can be set in the TOML file (tables are for reading "
                                    "comfort only) and\noverridden on the command line: --max-steps 3, --lr=1e-6, "
                                    "--resume (a bool alone means true).",
-                       epilog="config fields, by TOML table:\n\n" + fields_help())
+                       epilog="config fields, by TOML table:\n\n" + fields_help() + "\n\njudges (config field "
+                              "'judge'; * marks a field the judge needs):\n"
+                              + judges_help(lambda o: JUDGE_OPTION_FIELDS[o]))
     t.add_argument("--config", default=None, help="TOML file (default: the built-in task's defaults)")
     t.set_defaults(func=_train, overrides_ok=True)
 

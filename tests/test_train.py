@@ -745,6 +745,13 @@ def test_train_help_lists_every_field_by_table(capsys):
             values = tomllib.load(f)
         for table, fields in ((t, v) for t, v in values.items() if isinstance(v, dict)):
             assert set(fields) <= {n for n, *_ in tables[f"[{table}]"]}, (recipe, table)
+    # and every judge of the registry, with the config fields it reads
+    from sgpo_engine.judge import JUDGES
+    from sgpo_engine.train.config import JUDGE_OPTION_FIELDS
+    judges = text[text.index("judges (config field 'judge'"):]
+    for name, spec in JUDGES.items():
+        line = next(ln for ln in judges.splitlines() if ln.startswith(f"  {name} "))
+        assert spec.about in line and all(JUDGE_OPTION_FIELDS[o] in line for o in spec.options), line
 
 
 BAD_ROWS = [

@@ -2,6 +2,7 @@
 
     JUDGES["http"].options        -> ("url", "model", ...): the settings it reads
     judge_names()                 -> ("builtin", "http", "local", "none")
+    judges_help()                 -> one line per judge, for --help
     make_judge("http", {"url": ..., "model": ...}, where=...)  -> an HTTPJudge
 
 Every place that lets a user pick a judge by name reads this table: the
@@ -71,6 +72,17 @@ JUDGES: dict[str, JudgeSpec] = {
 
 def judge_names() -> tuple[str, ...]:
     return tuple(JUDGES)
+
+
+def judges_help(option_name: Callable[[str], str] = lambda o: o) -> str:
+    """One line per judge for --help: its name, what it is, and the options it reads
+    (option_name(o): how the caller spells option o; required ones marked *)."""
+    width = max(map(len, JUDGES))
+    lines = []
+    for name, spec in JUDGES.items():
+        opts = ", ".join(option_name(o) + ("*" if o in spec.required else "") for o in spec.options)
+        lines.append(f"  {name:{width}s}  {spec.about}" + (f" ({opts})" if opts else ""))
+    return "\n".join(lines)
 
 
 def judge_spec(name: str, where: str = "judge") -> JudgeSpec:
