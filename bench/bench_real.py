@@ -19,6 +19,10 @@ against a baseline measured in the same run.
    gradient checkpointing: bench_train.py with one engine per process, so
    each process's peak RSS is its own; once with all P x G sequences in one
    forward/backward, once in micro-batches of 4 (both engines accumulate).
+   sgpo_grpo_padded: ours with update_layout "padded" (each completion padded to
+   the step's longest, its prompt computed again): what the packed layout saves,
+   with the decoder positions each update computed (update_positions) and the
+   share beyond computing each token once (update_padding_frac).
    trl_fused: TRL's trainer with the fused loss (SGPOGRPOTrainer), same run;
    trl_liger (--train-engines, GPU only): TRL's trainer with use_liger_kernel.
 3. loss: fused_policy_loss forward + backward at 4096 tokens, H 576, V 49152
@@ -150,7 +154,7 @@ def bench_generate(model: str, P: int, G: int, new: int) -> dict:
 # ----------------------------------------------------------------------
 # 2. a training step, one engine per process
 # ----------------------------------------------------------------------
-TRAIN_ENGINES = ("sgpo_grpo", "trl_grpo", "trl_fused")
+TRAIN_ENGINES = ("sgpo_grpo", "sgpo_grpo_padded", "trl_grpo", "trl_fused")
 
 
 def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, micro: int,
@@ -158,7 +162,7 @@ def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, 
     """The engines at `micro` sequences per forward/backward (one optimizer
     step per P x G completions either way), each in its own process; adds to
     `report` (another run's engines at this micro-batch size are kept)."""
-    report = dict(report or {}, micro_batch=micro)
+    report = dict(report or {}, micro_batch=micro, G=G)
     for engine in engines:
         out = os.path.join(out_dir, f"real_train_{engine}.json")
         cmd = [sys.executable, os.path.join(ROOT, "bench", "bench_train.py"), "--model", model, "--dataset", GSM8K,
@@ -176,7 +180,8 @@ def bench_train(model: str, P: int, G: int, new: int, steps: int, out_dir: str, 
         report[engine] = {**run["results"][engine], "peak_rss_bytes": run["peak_rss_bytes"]}
         report[engine].pop("per_step", None)
     trl = report.get("trl_grpo", {})
-    for name, prefix in (("sgpo_grpo", ""), ("trl_fused", "trl_fused_"), ("trl_liger", "trl_liger_")):
+    for name, prefix in (("sgpo_grpo", ""), ("sgpo_grpo_padded", "padded_"), ("trl_fused", "trl_fused_"),
+                         ("trl_liger", "trl_liger_")):
         ours = report.get(name, {})
         if "step_seconds" in ours and "step_seconds" in trl:
             report[f"{prefix}speedup_vs_trl"] = ours["step_tokens_per_s"] / trl["step_tokens_per_s"]
@@ -251,6 +256,7 @@ def main(argv=None):
                          "trl_liger, TRL with use_liger_kernel, needs a GPU)")
     ap.add_argument("--train-micro", default=None,
                     help="micro-batch sizes of the train part, comma-separated (default: P x G, then 4)")
+    ap.add_argument("--train-G", default=None, help="G of the train part, comma-separated (default: 4)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.model is None:
@@ -273,14 +279,15 @@ def main(argv=None):
         report["generate"] = bench_generate(args.model, 2 if q else 8, 2 if q else 8, 16 if q else 256)
     if "train" in parts:
         print("train ...", flush=True)
-        P, G = (2, 2) if q else (4, 4)
-        micros = [int(m) for m in args.train_micro.split(",")] if args.train_micro else [P * G, 2 if q else 4]
-        runs = {t["micro_batch"]: t for t in report.get("train", [])}  # kept: other micro-batch sizes
+        P = 2 if q else 4
+        runs = {(t.get("G", 4), t["micro_batch"]): t for t in report.get("train", [])}  # kept: other sizes
         engines = args.train_engines.split(",") if args.train_engines else TRAIN_ENGINES
-        for micro in micros:
-            runs[micro] = bench_train(args.model, P, G, 16 if q else 128, 1 if q else 2, results_dir, micro,
-                                      engines, runs.get(micro))
-        report["train"] = [runs[m] for m in sorted(runs, reverse=True)]
+        for G in [int(g) for g in args.train_G.split(",")] if args.train_G else [2 if q else 4]:
+            micros = [int(m) for m in args.train_micro.split(",")] if args.train_micro else [P * G, 2 if q else 4]
+            for micro in micros:
+                runs[G, micro] = bench_train(args.model, P, G, 16 if q else 128, 1 if q else 2, results_dir, micro,
+                                             engines, runs.get((G, micro)))
+        report["train"] = [runs[k] for k in sorted(runs, key=lambda k: (k[0], -k[1]))]
     if "loss" in parts:
         print("loss ...", flush=True)
         report["loss"] = bench_loss(512 if q else 4096, 576, 8192 if q else 49152, 1 if q else 3)
@@ -300,19 +307,25 @@ def print_table(report: dict):
         print(f"generate  GEMM-rate fraction ours / transformers   {g['gemm_fraction']:.2f} / "
               f"{g['transformers_gemm_fraction']:.2f}")
     for t in report.get("train", []):
-        m = t["micro_batch"]
+        m = f"{t['micro_batch']:2d} G {t.get('G', 4)}"
         if "speedup_vs_trl" not in t:
-            print(f"train     micro {m:2d}: errors: {[k for k, v in t.items() if isinstance(v, dict) and 'error' in v]}")
+            print(f"train     micro {m}: errors: {[k for k, v in t.items() if isinstance(v, dict) and 'error' in v]}")
             continue
         o, r = t["sgpo_grpo"], t["trl_grpo"]
-        print(f"train     micro {m:2d}: step s ours / TRL             {o['step_seconds']:.1f} / {r['step_seconds']:.1f} "
+        print(f"train     micro {m}: step s ours / TRL             {o['step_seconds']:.1f} / {r['step_seconds']:.1f} "
               f"({t['speedup_vs_trl']:.2f}x tokens/s; rollout {t['rollout_speedup_vs_trl']:.2f}x, "
               f"update {t['update_speedup_vs_trl']:.2f}x)")
-        print(f"train     micro {m:2d}: peak RSS ours / TRL           {o['peak_rss_bytes'] / 2**30:.2f} / "
+        print(f"train     micro {m}: peak RSS ours / TRL           {o['peak_rss_bytes'] / 2**30:.2f} / "
               f"{r['peak_rss_bytes'] / 2**30:.2f} GiB ({t['peak_memory_vs_trl']:.2f}x)")
+        if "padded_speedup_vs_trl" in t:
+            p = t["sgpo_grpo_padded"]
+            print(f"train     micro {m}: update positions packed / padded  {o['update_positions']:.0f} / "
+                  f"{p['update_positions']:.0f} (padding {o['update_padding_frac']:.2f} / "
+                  f"{p['update_padding_frac']:.2f}); padded / TRL step {t['padded_speedup_vs_trl']:.2f}x, "
+                  f"update {t['padded_update_speedup_vs_trl']:.2f}x, peak RSS {t['padded_peak_memory_vs_trl']:.2f}x")
         if "trl_fused_speedup_vs_trl" in t:
             f = t["trl_fused"]
-            print(f"train     micro {m:2d}: TRL + fused loss / TRL         {f['step_seconds']:.1f} / "
+            print(f"train     micro {m}: TRL + fused loss / TRL         {f['step_seconds']:.1f} / "
                   f"{r['step_seconds']:.1f} s ({t['trl_fused_speedup_vs_trl']:.2f}x tokens/s, update "
                   f"{t['trl_fused_update_speedup_vs_trl']:.2f}x), peak RSS {t['trl_fused_peak_memory_vs_trl']:.2f}x")
     lo = report.get("loss")

@@ -17,6 +17,9 @@ completions per step, no gradient checkpointing, fp32, CPU).
 
 Engines:
   sgpo_grpo   sgpo_engine, scope "off": plain GRPO, reward = the task's verifier
+  sgpo_grpo_padded  the same with update_layout "padded" (each row padded to the
+              step's longest, each prompt computed per completion): the packed
+              layout's before (not run by default)
   sgpo_sgpo   sgpo_engine, SGPO: + the task's exact step judge (RTS credit in
               all-negative groups); the judge runs in the reward phase
   trl_grpo    trl.GRPOTrainer, reward = the same verifier
@@ -96,6 +99,9 @@ def summarize(steps: list[dict]) -> dict:
         out[f"{ph}_tokens_per_s"] = tokens / sec if sec > 0 else None
         out[f"{ph}_share"] = sec / total
     out["accuracy"] = sum(s["accuracy"] for s in steps) / n
+    if steps and "update_positions" in steps[0]:  # ours: what the update's layout computed
+        out["update_positions"] = sum(s["update_positions"] for s in steps) / n
+        out["update_padding_frac"] = sum(s["update_padding_frac"] for s in steps) / n
     out["per_step"] = steps
     return out
 
@@ -106,15 +112,16 @@ def summarize(steps: list[dict]) -> dict:
 class Ours:
     """One sgpo_engine trainer, stepped from outside (so engines can take turns)."""
 
-    def __init__(self, path, args, scope, examples_log):
+    def __init__(self, path, args, scope, examples_log, layout="packed"):
         cfg = TrainConfig(model=path, device=args.device, dataset=args.dataset, task_min_ops=args.min_ops,
                           task_max_ops=args.max_ops, prompt_field=args.prompt_field, chat_template=args.chat_template,
                           judge="builtin" if args.dataset == BUILTIN else "none",
                           prompts_per_step=args.prompts, num_samples=args.G, max_new_tokens=args.max_new_tokens,
                           temperature=1.0, scope=scope, loss_type="dapo", eps_low=0.2,
-                          eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.micro_batch, lr=args.lr,
+                          eps_high=0.2, beta=0.0, mu=1, micro_batch_size=args.micro_batch, update_layout=layout,
+                          lr=args.lr,
                           lr_schedule="constant", max_grad_norm=1.0, max_steps=args.warmup + args.steps,
-                          seed=args.seed, output=os.path.join(args.tmp, f"ours_{scope}"), save_every=10 ** 9,
+                          seed=args.seed, output=os.path.join(args.tmp, f"ours_{scope}_{layout}"), save_every=10 ** 9,
                           tensorboard=False, progress=False)
         self.args, self.trainer, self.timer, self.counts, self.steps = args, SGPOTrainer(cfg), {}, {}, []
         tr = self.trainer
@@ -149,7 +156,8 @@ class Ours:
         if self.trainer.step <= self.args.warmup:
             return
         rec = {"step": total, **{ph: self.timer.get(ph, 0.0) for ph in PHASES[:3]}, **self.counts,
-               "accuracy": m["accuracy"], "all_negative_frac": m["all_negative_frac"]}
+               "accuracy": m["accuracy"], "all_negative_frac": m["all_negative_frac"],
+               "update_positions": m["update_positions"], "update_padding_frac": m["update_padding_frac"]}
         rec["other"] = total - rec["rollout"] - rec["reward"] - rec["update"]
         self.steps.append(rec)
 
@@ -321,8 +329,10 @@ def main(argv=None):
         engines = args.engines.split(",") if args.engines else \
             ["sgpo_grpo", "trl_grpo"] + (["sgpo_sgpo"] if args.dataset == BUILTIN else [])
         seen = {name: [] for name in engines}
-        scopes = {"sgpo_grpo": "off", "sgpo_sgpo": "all_negative"}
-        ours = {name: Ours(path, args, scopes[name], seen[name]) for name in engines if name in scopes}
+        variants = {"sgpo_grpo": ("off", "packed"), "sgpo_grpo_padded": ("off", "padded"),
+                    "sgpo_sgpo": ("all_negative", "packed")}
+        ours = {name: Ours(path, args, variants[name][0], seen[name], layout=variants[name][1])
+                for name in engines if name in variants}
         trl_engines = [n for n in TRL_ENGINES if n in engines]
         trl_error = None
         if args.no_trl or not trl_engines:
@@ -363,7 +373,7 @@ def main(argv=None):
     print(f"{'engine':10s} {'step s':>7s} {'step tok/s':>10s} {'rollout tok/s':>13s} {'reward tok/s':>12s} "
           f"{'update tok/s':>12s}   share rollout/reward/update/other   len   acc")
     fmt = lambda v: f"{v:.0f}" if v is not None else "-"
-    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_sgpo") + TRL_ENGINES if name in R}
+    R = {name: R[name] for name in ("sgpo_grpo", "sgpo_grpo_padded", "sgpo_sgpo") + TRL_ENGINES if name in R}
     report["results"] = R
     for name, r in R.items():
         print(f"{name:10s} {r['step_seconds']:7.2f} {r['step_tokens_per_s']:10.0f} "
@@ -376,7 +386,7 @@ def main(argv=None):
     summary = {}
     if "trl_grpo" in R:
         t = R["trl_grpo"]
-        for name in (n for n in ("sgpo_grpo", "sgpo_sgpo", "trl_fused", "trl_liger") if n in R):
+        for name in (n for n in ("sgpo_grpo", "sgpo_grpo_padded", "sgpo_sgpo", "trl_fused", "trl_liger") if n in R):
             for key in ("step", "rollout", "update"):
                 summary[f"{name}_vs_trl_{key}_tokens_per_s"] = R[name][f"{key}_tokens_per_s"] / t[f"{key}_tokens_per_s"]
         print()
