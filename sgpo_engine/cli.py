@@ -3,6 +3,7 @@
     sgpo demo [--quick | --full] [--output DIR]   GRPO vs SGPO on the built-in task
     sgpo train --config FILE.toml [--field value ...]
     sgpo generate --model DIR --prompt TEXT [-n G] [--max-new-tokens N] ...
+    sgpo judge-eval --data FILE.jsonl --judge NAME [--judge-url URL ...]   score a step judge
     sgpo serve --model DIR [--host 127.0.0.1] [--port 8000]
 
 Under torchrun: `torchrun --nproc_per_node N -m sgpo_engine.cli train ...`.
@@ -55,6 +56,17 @@ def _generate(args, _overrides) -> int:
     return 0
 
 
+def _judge_eval(args, overrides: list[str]) -> int:
+    from .evaluation import run_judge_eval
+    from .evaluation.judge_eval import table
+    from .train import load_config
+    cfg = load_config(args.config, overrides)
+    report = run_judge_eval(args.data, cfg, args.output)
+    print(table(report))
+    print(f"wrote {args.output}/report.json, items.jsonl and judge_eval.png")
+    return 0
+
+
 def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
@@ -98,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None)
     g.add_argument("--json", action="store_true", help="one JSON object per completion")
     g.set_defaults(func=_generate, overrides_ok=False)
+
+    from .judge.registry import judge_names
+    j = sub.add_parser("judge-eval", help="score a step judge on labelled first errors (ProcessBench format)",
+                       usage="sgpo judge-eval --data FILE.jsonl [--config FILE.toml] [--output DIR] [--FIELD VALUE ...]",
+                       description="The judge comes from the training config fields (--judge, --judge-url, "
+                                   f"--judge-model, --step-mode, ...; judges: {', '.join(judge_names())}), "
+                                   "built and run as in training.")
+    j.add_argument("--data", required=True, help='JSONL rows {"problem", "steps": [...] or "response", "label"}')
+    j.add_argument("--config", default=None, help="TOML file with the judge fields (optional)")
+    j.add_argument("--output", default="runs/judge_eval", help="where report.json, items.jsonl and the plot go")
+    j.set_defaults(func=_judge_eval, overrides_ok=True)
 
     # allow_abbrev off: `--seed 1` and `--lr 3e-4` are training overrides, not --seeds or --lrs
     d = sub.add_parser("demo", help="GRPO vs SGPO vs SGPO-prefix on the built-in multistep task (the embedded default)",

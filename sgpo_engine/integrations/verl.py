@@ -159,7 +159,7 @@ def _rts(nt: dict, order, offsets, correct: list[bool], credit: CreditConfig, ju
     verdicts = judge_in_scope(_judge(judge), problems, responses, correct, offsets, credit.scope)
     rts = np.full(len(order), math.nan)
     rts[order] = [math.nan if v is None else v.rts for v in verdicts]
-    return rts, sum(v is not None and v.failed for v in verdicts)
+    return rts, sum(v is not None and v.is_failure for v in verdicts)
 
 
 @register_adv_est("sgpo")

@@ -89,7 +89,7 @@ class Judge(abc.ABC):
         return d
 
     def _record(self, verdicts: list[Verdict], hits: int, requests: int) -> None:
-        failed = Counter(v.reason for v in verdicts if v.failed)
+        failed = Counter(v.reason for v in verdicts if v.is_failure)  # "no_error_found" is an outcome, not a fault
         if failed:
             # every verdict failing usually means a misconfigured or unreachable judge
             level = logging.WARNING if sum(failed.values()) == len(verdicts) else logging.INFO

@@ -147,11 +147,15 @@ class HTTPJudge(Judge):
                 "max_tokens": self.max_tokens}
         # None leaves a field to the server (some models refuse temperature or max_tokens)
         body = {k: v for k, v in body.items() if v is not None}
-        body.update(self.extra_body)
-        data = json.dumps(body).encode("utf-8")
+        return self._request(body, self._content)
+
+    def _request(self, body: dict, parse):
+        """parse(response body) of one POST of `body` (with extra_body) to self.url, with
+        retries of the retryable failures; raises _Failure."""
+        data = json.dumps({**body, **self.extra_body}).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
-                return self._content(self._post(data))
+                return parse(self._post(data))
             except _Failure as f:
                 if not f.retry or attempt == self.max_retries:
                     raise

@@ -1,7 +1,7 @@
 """The judges a run can name, and how each is built from its options.
 
     JUDGES["http"].options        -> ("url", "model", ...): the settings it reads
-    judge_names()                 -> ("builtin", "http", "local", "none")
+    judge_names()                 -> ("builtin", "http", "local", "prm", "calc", "none", "calc+http", ...)
     judges_help()                 -> one line per judge, for --help
     make_judge("http", {"url": ..., "model": ...}, where=...)  -> an HTTPJudge
 
@@ -60,14 +60,47 @@ def _local(opts: dict, ctx: JudgeContext) -> Judge:
     return LocalJudge(ctx.policy, **opts)
 
 
+def _prm(opts: dict, ctx: JudgeContext) -> Judge:
+    from .prm import PRMJudge
+    o = dict(opts)
+    return PRMJudge(o.pop("url"), o.pop("model"), **o)
+
+
+def _calc(opts: dict, ctx: JudgeContext) -> Judge:
+    from .calc import CalcJudge
+    return CalcJudge(**opts)
+
+
+def _cascade(*names: str) -> JudgeSpec:
+    """The judges `names` in a cascade (cascade.py): each reads its own options from one dict."""
+    specs = [JUDGES[n] for n in names]
+
+    def build(opts: dict, ctx: JudgeContext):
+        from .cascade import CascadeJudge
+        return CascadeJudge([s.build({o: opts[o] for o in s.options if o in opts}, ctx) for s in specs])
+
+    options = tuple(dict.fromkeys(o for s in specs for o in s.options))
+    required = tuple(dict.fromkeys(o for s in specs for o in s.required))
+    return JudgeSpec(build, " first, then ".join(names) + " where " + names[0] + " finds no wrong step",
+                     options, required)
+
+
 JUDGES: dict[str, JudgeSpec] = {
     "builtin": JudgeSpec(_builtin, "the built-in task's exact step checker (builtin:arith only)"),
     "http": JudgeSpec(_http, "an LLM judge behind any OpenAI-compatible server (vLLM, SGLang, an API, sgpo serve)",
                       ("url", "model", "api_key_env", "concurrency", "timeout", "max_tokens", "step_mode"),
                       ("url", "model")),
     "local": JudgeSpec(_local, "the policy itself, judging its own responses", ("step_mode",)),
+    "prm": JudgeSpec(_prm, "a process reward model behind vLLM's pooling API (one score per step)",
+                     ("url", "model", "api_key_env", "concurrency", "timeout", "step_mode", "threshold",
+                      "step_separator"), ("url", "model")),
+    "calc": JudgeSpec(_calc, "checks the arithmetic each step states, exactly (free; GSM8K-style reasoning)",
+                      ("step_mode",)),
     "none": JudgeSpec(lambda opts, ctx: None, "no judge: plain GRPO (scope = off)", needs_judge=False),
 }
+JUDGES["calc+http"] = _cascade("calc", "http")
+JUDGES["calc+local"] = _cascade("calc", "local")
+JUDGES["calc+prm"] = _cascade("calc", "prm")
 
 
 def judge_names() -> tuple[str, ...]:

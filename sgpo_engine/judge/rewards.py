@@ -21,7 +21,8 @@ Result (SGPORewards):
   rewards [N] float32, correct [N] bool, rts [N] float32 (NaN where not judged
   or failed), group_offsets [P+1] int64, group_size (int when every group has
   the same size, else None), verdicts [N] (a Verdict, or None when not sent),
-  judged (verdicts that succeeded), failed (verdicts that failed), scope.
+  judged (verdicts that succeeded), failed (verdicts that failed, "no_error_found"
+  aside: Verdict.is_failure), scope.
 """
 from __future__ import annotations
 
@@ -121,5 +122,5 @@ def sgpo_rewards(problems: Sequence[str], groups: Sequence[Sequence], golds: Seq
         group_size=sizes.pop() if len(sizes) == 1 else None,
         verdicts=verdicts,
         judged=sum(v is not None and not v.failed for v in verdicts),
-        failed=sum(v is not None and v.failed for v in verdicts),
+        failed=sum(v is not None and v.is_failure for v in verdicts),
         scope=scope)

@@ -12,7 +12,9 @@
   "bad_response" (the server's reply is not a chat completion), "unparseable"
   (the judge's text lacks the answer line), "out_of_range" (a step number that
   does not exist), "error" / "bad_return" (FunctionJudge), "generation"
-  (LocalJudge). Judges count failures by reason in `judge.stats`.
+  (LocalJudge); and "no_error_found" (CalcJudge read the arithmetic and found
+  nothing wrong: not judged, yet not a failure; `is_failure` is False). Judges
+  count these by reason in `judge.stats`.
 - detail: a human-readable explanation of a failure (never holds secrets).
 """
 from __future__ import annotations
@@ -22,6 +24,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .steps import rts as _rts
+
+NO_ERROR_FOUND = "no_error_found"
 
 
 @dataclass(frozen=True)
@@ -41,3 +45,14 @@ class Verdict:
     @classmethod
     def failure(cls, reason: str, num_steps: int, detail: str = "") -> "Verdict":
         return cls(None, num_steps, math.nan, True, reason, detail)
+
+    @classmethod
+    def no_error_found(cls, num_steps: int, detail: str = "") -> "Verdict":
+        """A checker that could not settle the response (CalcJudge: no wrong equation): not
+        judged, so the response keeps its outcome reward, but not a failure of the judge."""
+        return cls(None, num_steps, math.nan, True, NO_ERROR_FOUND, detail)
+
+    @property
+    def is_failure(self) -> bool:
+        """Failed for a reason other than "no_error_found" (what judge_failures counts)."""
+        return self.failed and self.reason != NO_ERROR_FOUND

@@ -26,7 +26,8 @@ from ..tasks.builtin import BUILTIN  # the built-in task's (and its model's) nam
 # The judge options a config carries, as fields: "url" is judge_url, ...
 JUDGE_OPTION_FIELDS = {"url": "judge_url", "model": "judge_model", "api_key_env": "judge_api_key_env",
                        "concurrency": "judge_concurrency", "timeout": "judge_timeout",
-                       "max_tokens": "judge_max_tokens", "step_mode": "step_mode"}
+                       "max_tokens": "judge_max_tokens", "step_mode": "step_mode", "threshold": "prm_threshold",
+                       "step_separator": "prm_step_separator"}
 
 
 @dataclass
@@ -64,7 +65,8 @@ class TrainConfig:
     stop: list = field(default_factory=list)  # stop strings (comma-separated on the command line)
 
     # ---- [judge]
-    judge: str = "builtin"               # builtin (the task's exact checker) | http | local | none (judge/registry.py)
+    judge: str = "builtin"               # a judge of judge/registry.py: builtin (the task's exact checker) | http |
+                                         # local | prm | calc | calc+http | calc+local | calc+prm | none (--help lists them)
     judge_url: str = ""                  # with judge = http: an OpenAI-compatible API root (.../v1)
     judge_model: str = ""                # with judge = http: the model id it serves
     judge_api_key_env: str = "OPENAI_API_KEY"  # environment variable holding the judge's API key
@@ -72,6 +74,8 @@ class TrainConfig:
     judge_timeout: float = 60.0          # seconds for one attempt
     judge_max_tokens: int = 1024         # the judge's reply budget (its verdict is the last line)
     step_mode: str = "line"              # how responses split into steps: line | paragraph | marker
+    prm_threshold: float = 0.5           # with judge = prm: the first step the PRM scores below this is wrong
+    prm_step_separator: str = "<extra_0>"  # with judge = prm: what follows each step (Qwen2.5-Math-PRM's)
     correct_reward: float = CREDIT.correct_reward
     incorrect_reward: float = CREDIT.incorrect_reward
 
