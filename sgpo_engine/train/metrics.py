@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-_SUMS = ("responses", "correct", "reward", "sgpo_reward", "all_negative", "groups", "credited", "rts", "judged",
+_SUMS = ("responses", "correct", "reward", "sgpo_reward", "all_negative", "all_negative_credited", "groups",
+         "credited", "rts", "judged",
          "judge_failures", "response_tokens", "adv_abs_credited", "credited_group_responses", "adv_abs_mixed",
          "mixed_group_responses", "update_positions", "token_positions", "credit_fallbacks")
 
@@ -41,6 +42,10 @@ def response_sums(groups, scored, batch) -> dict[str, float]:
                     judged=float(judged.sum()), judge_failures=float(out.failed),
                     response_tokens=float(sum(len(c.token_ids) for c in flat)))
         sums.update(advantage_scale_sums(scored))
+        group_of = torch.repeat_interleave(torch.arange(len(scored.group_sizes)), scored.group_sizes)
+        credited_groups = torch.zeros(len(scored.group_sizes), dtype=torch.bool)
+        credited_groups[group_of[scored.credited]] = True
+        sums["all_negative_credited"] = float((credited_groups & adv.all_negative.cpu()).sum())
     sums["update_positions"] = float(batch.positions)
     sums["token_positions"] = float(batch.token_positions)
     sums["credit_fallbacks"] = float(batch.credit_fallbacks)
@@ -71,6 +76,8 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
         "step": step, "loss": update.loss,
         "reward_mean": g["reward"] / n, "sgpo_reward_mean": g["sgpo_reward"] / n, "accuracy": g["correct"] / n,
         "all_negative_frac": g["all_negative"] / max(g["groups"], 1.0), "credited_frac": g["credited"] / n,
+        # the all-negative groups the judge gave some credit: where SGPO has signal and GRPO none
+        "all_negative_credited_frac": g["all_negative_credited"] / g["all_negative"] if g["all_negative"] else float("nan"),
         "rts_mean": g["rts"] / g["judged"] if g["judged"] else float("nan"),
         "judge_failures": int(g["judge_failures"]),
         "clip_ratio_low": update.clip_ratio_low, "clip_ratio_high": update.clip_ratio_high,
