@@ -48,34 +48,21 @@ class LabelledItem:
     response: str        # what the judge reads
     steps: list[str]     # its steps under the judge's step mode
     label: int           # earliest wrong step, -1: none
-    line: int            # 1-based line of the data file
+    where: str           # its file:line (or Parquet row)
     kind: str = ""       # the row's "kind", if any (reported per kind)
 
 
 def read_items(path: str, step_mode) -> list[LabelledItem]:
-    """The labelled rows of `path` (module docstring); a bad row is a ValueError naming the
-    file, line and field."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--data: no such file {path}")
-    items = []
-    with open(path, encoding="utf-8") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            items.append(_item(row, where, n, step_mode))
+    """The labelled rows of `path` (JSONL or Parquet; module docstring); a bad row is a
+    ValueError naming the file, line and field."""
+    from ..tasks.dataset import read_rows
+    items = [_item(row, where, step_mode) for where, row in read_rows(path)]
     if not items:
         raise ValueError(f"{path}: no items")
     return items
 
 
-def _item(row: dict, where: str, n: int, step_mode) -> LabelledItem:
+def _item(row: dict, where: str, step_mode) -> LabelledItem:
     problem = row.get("problem")
     if not isinstance(problem, str) or not problem.strip():
         raise ValueError(f"{where}: field 'problem' must be a non-empty string")
@@ -102,7 +89,7 @@ def _item(row: dict, where: str, n: int, step_mode) -> LabelledItem:
         raise ValueError(f"{where}: needs field 'steps' (a list) or 'response' (a string)")
     if label >= len(steps):
         raise ValueError(f"{where}: field 'label' is {label}, but the item has {len(steps)} steps")
-    return LabelledItem(problem, response, steps, label, n, str(row.get("kind", "")))
+    return LabelledItem(problem, response, steps, label, where, str(row.get("kind", "")))
 
 
 def predicted(verdict) -> Optional[int]:
@@ -156,7 +143,7 @@ def evaluate_judge(judge, items: list[LabelledItem]) -> tuple[list, float]:
 def write_outputs(output: str, report: dict, items: list[LabelledItem], verdicts: list) -> None:
     os.makedirs(output, exist_ok=True)
     _atomic_write(os.path.join(output, "report.json"), json.dumps(_finite(report), indent=2))
-    rows = [json.dumps({"line": it.line, "kind": it.kind, "label": it.label, "steps": len(it.steps),
+    rows = [json.dumps({"where": it.where, "kind": it.kind, "label": it.label, "steps": len(it.steps),
                         "predicted": predicted(v), "reason": v.reason, "rts": None if math.isnan(v.rts) else v.rts,
                         "detail": v.detail}) for it, v in zip(items, verdicts)]
     _atomic_write(os.path.join(output, "items.jsonl"), "\n".join(rows) + "\n")

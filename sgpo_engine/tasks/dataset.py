@@ -25,7 +25,7 @@ def _check_prompt(prompt, where: str):
                      "{'role': str, 'content': str} messages")
 
 
-def _read_rows(path: str) -> list[tuple[str, dict]]:
+def read_rows(path: str) -> list[tuple[str, dict]]:
     """[(where, row)] from a .jsonl or .parquet file; `where` names the line or row."""
     if not os.path.isfile(path):
         raise ValueError(f"dataset: no such file {path}")
@@ -56,7 +56,7 @@ class JsonlSource:
     def __init__(self, path: str, prompt_field="prompt", answer_field="answer",
                  reference_field: Optional[str] = "reference", seed: int = 0):
         self.examples, self.where = [], []  # where: each example's file:line (or row), for errors
-        for where, row in _read_rows(path):
+        for where, row in read_rows(path):
             for name in (prompt_field, answer_field):
                 if name not in row:
                     raise ValueError(f"{where}: missing field '{name}'")
