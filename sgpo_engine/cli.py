@@ -3,6 +3,8 @@
     sgpo demo [--quick | --full] [--output DIR]   GRPO vs SGPO on the built-in task
     sgpo train --config FILE.toml [--field value ...]
     sgpo generate --model DIR --prompt TEXT [-n G] [--max-new-tokens N] ...
+    sgpo eval --model DIR [--model DIR2 ...] --dataset FILE [-k 4 --temperature 1]   held-out accuracy, pass@k
+    sgpo plot RUN_DIR                               the eval curves beside the training metrics
     sgpo judge-eval --data FILE.jsonl --judge NAME [--judge-url URL ...]   score a step judge
     sgpo serve --model DIR [--host 127.0.0.1] [--port 8000]
 
@@ -67,6 +69,33 @@ def _judge_eval(args, overrides: list[str]) -> int:
     return 0
 
 
+def _eval(args, _overrides) -> int:
+    from .evaluation.heldout import EvalSettings
+    from .evaluation.report import candidates, run_eval, table
+    from .tasks import BUILTIN, BuiltinTask, DatasetTask
+    columns = candidates(args.model, args.server, args.served_model)
+    settings = EvalSettings(num_samples=args.samples, temperature=args.temperature,
+                            max_new_tokens=args.max_new_tokens, top_p=args.top_p, stop=args.stop,
+                            chat_template=args.chat_template, seed=args.seed, batch_size=args.batch_size
+                            ).validated(lambda f: "-k" if f == "num_samples" else f"--{f.replace('_', '-')}")
+    if args.dataset == BUILTIN:
+        task = BuiltinTask(args.min_ops, args.max_ops)
+    else:
+        task = DatasetTask(args.dataset, args.prompt_field, args.answer_field, None, eval_path=args.dataset,
+                           group_field=args.group_field)
+    report = run_eval(task, columns, settings, args.problems, args.seed, args.output,
+                      dtype=args.dtype, device=args.device)
+    print(table(report))
+    print(f"wrote {args.output}/report.json and one .jsonl per model")
+    return 0
+
+
+def _plot(args, _overrides) -> int:
+    from .evaluation.curves import plot_run
+    print(f"wrote {plot_run(args.run, args.output)}")
+    return 0
+
+
 def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
@@ -110,6 +139,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None)
     g.add_argument("--json", action="store_true", help="one JSON object per completion")
     g.set_defaults(func=_generate, overrides_ok=False)
+
+    e = sub.add_parser("eval", help="held-out accuracy and pass@k of models or a server on a dataset",
+                       usage="sgpo eval (--model DIR ... | --server URL --served-model NAME) --dataset FILE [...]",
+                       description="Each model is evaluated on the same problems (a fixed subset with --problems) "
+                                   "and sampling streams as the trainer's eval_every; --seed is the config's seed.")
+    e.add_argument("--model", action="append", default=[], help="HF folder or builtin:arith (repeatable)")
+    e.add_argument("--server", default=None, help="an OpenAI-compatible API root (vLLM, SGLang, sgpo serve)")
+    e.add_argument("--served-model", default=None, help="the model id the server serves")
+    e.add_argument("--dataset", required=True, help=".jsonl / .parquet held-out rows, or builtin:arith")
+    e.add_argument("--prompt-field", default="prompt")
+    e.add_argument("--answer-field", default="answer")
+    e.add_argument("--group-field", default=None, help="a row field to break the metrics down by")
+    e.add_argument("--chat-template", action="store_true", help="string prompts as a user turn of the chat template")
+    e.add_argument("--problems", type=int, default=0, help="a fixed, seeded subset of this many (0: all; "
+                   "builtin:arith: per k, default 100)")
+    e.add_argument("-k", "--samples", type=int, default=1, help="samples per problem (pass@k, mean@k)")
+    e.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    e.add_argument("--top-p", type=float, default=1.0)
+    e.add_argument("--max-new-tokens", type=int, default=256)
+    e.add_argument("--stop", action="append", default=[])
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=int, default=16, help="problems per generate call (or requests in flight)")
+    e.add_argument("--min-ops", type=int, default=10, help="builtin:arith: the chain lengths evaluated")
+    e.add_argument("--max-ops", type=int, default=12)
+    e.add_argument("--dtype", default=None)
+    e.add_argument("--device", default=None)
+    e.add_argument("--output", default="runs/eval", help="where report.json and the per-problem rows go")
+    e.set_defaults(func=_eval, overrides_ok=False)
+
+    pl = sub.add_parser("plot", help="plot a run's eval curves and training metrics (OUTPUT/curves.png)")
+    pl.add_argument("run", help="a training run's output folder (with metrics.jsonl)")
+    pl.add_argument("--output", default=None, help="the PNG (default: RUN/curves.png)")
+    pl.set_defaults(func=_plot, overrides_ok=False)
 
     from .judge.registry import judge_names
     j = sub.add_parser("judge-eval", help="score a step judge on labelled first errors (ProcessBench format)",

@@ -22,3 +22,9 @@ def test_gsm8k_recipe_with_the_readme_overrides(tmp_path, monkeypatch):
     for e in batch:  # the worked solution's final number is what the verifier accepts
         gold = e.answer.split("####")[-1].strip()
         assert verify(f"So the answer is {gold}.", e.answer) and not verify("The answer is 0.5", e.answer)
+    # held-out evaluation: a fixed subset of rows disjoint from the training sample
+    heldout = task.heldout(cfg.eval_problems, cfg.seed)
+    assert len(heldout) == cfg.eval_problems == 50 and cfg.eval_every > 0
+    train = {e.prompt for e in task.source().examples}
+    assert not train & {e.prompt for e in task.heldout(0, 0)} and len(task.heldout(0, 0)) == 200
+    assert [e.prompt for e in heldout] == [e.prompt for e in task.heldout(cfg.eval_problems, cfg.seed)]

@@ -51,17 +51,27 @@ def judge_url(smollm2):
 
 def recipe(model: str, url: str, output, *extra) -> list:
     """`sgpo train` on the shipped recipe with the README's overrides (2 steps,
-    4 prompts, G = 4, 48 new tokens)."""
+    4 prompts, G = 4, 48 new tokens), evaluating 4 held-out problems at steps 0 and 2."""
     return cli("train", "--config", os.path.join(ROOT, "examples", "gsm8k.toml"), "--model", model,
                "--judge-url", url, "--judge-model", "judge", "--judge-max-tokens", "24", "--max-steps", "2",
                "--prompts-per-step", "4", "--num-samples", "4", "--max-new-tokens", MAX_NEW, "--save-every", "1",
                "--keep-checkpoints", "2", "--log-completions", "16", "--tensorboard", "false",
-               "--output", output, *extra)
+               "--eval-problems", "4", "--output", output, *extra)
 
 
 def read_jsonl(path) -> list[dict]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f]
+
+
+def step_rows(run_dir) -> list[dict]:
+    """metrics.jsonl's training steps (the step-0 row is the start's evaluation alone), after
+    checking that held-out evaluation ran at step 0 and at the last step on 4 problems."""
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    evaluated = [r for r in rows if "eval/accuracy" in r]
+    assert [r["step"] for r in evaluated] == [0, 2] and all(r["eval/problems"] == 4 for r in evaluated)
+    assert all(0 <= r["eval/accuracy"] <= 1 and r["eval/response_len_mean"] > 0 for r in evaluated)
+    return [r for r in rows if "loss" in r]
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +107,9 @@ def check_completions(rows: list[dict], metrics: list[dict], per_step: int):
 
 
 def test_two_sgpo_steps_with_a_served_judge(smollm2, single_run):
-    metrics = read_jsonl(single_run / "metrics.jsonl")
+    metrics = step_rows(single_run)
     assert [m["step"] for m in metrics] == [1, 2]
+    assert (single_run / "curves.png").is_file()
     check_completions(read_jsonl(single_run / "completions.jsonl"), metrics, per_step=16)
     # the checkpoint is an HF folder transformers loads, with the engine's logits
     ckpt = str(single_run / "checkpoint-2")
@@ -119,7 +130,7 @@ def test_same_run_under_torchrun(smollm2, judge_url, single_run, tmp_path):
            "--master_port", str(port), *recipe(smollm2, judge_url, out)[1:]]
     r = run(cmd, timeout=600, env=subprocess_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = step_rows(out)  # the held-out problems evaluated 2 per rank
     assert [m["step"] for m in metrics] == [1, 2]
     rows = read_jsonl(out / "completions.jsonl")  # rank 0 logs its own share: 2 prompts x 4
     assert len(rows) == 2 * 8 and all(r["step"] in (1, 2) for r in rows)
@@ -148,7 +159,7 @@ def test_resume_after_sigkill(smollm2, judge_url, single_run, tmp_path):
     proc.stderr.close()
     r = run(recipe(smollm2, judge_url, out, "--resume"), timeout=600)
     assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
-    metrics = read_jsonl(out / "metrics.jsonl")
+    metrics = step_rows(out)
     assert [m["step"] for m in metrics] == [1, 2]
     rows = read_jsonl(out / "completions.jsonl")
     check_completions(rows, metrics, per_step=16)

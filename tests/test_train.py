@@ -520,6 +520,11 @@ judge_url = "{judge_url}"
 judge_model = "fake-judge"
 [loss]
 micro_batch_size = 5
+[eval]                             # sampled (pass@2), sharded over the ranks, at steps 0, 2, 4 and 5
+eval_every = 2
+eval_problems = 3                  # per k: 6 problems, 3 on each of 2 ranks
+eval_samples = 2
+eval_temperature = 1.0
 [optim]
 lr = 1e-3
 adam_eps = 1e-6
@@ -546,6 +551,19 @@ def reference_run(tmp_path_factory, tiny_model, judge_server):
     assert all(m["grad_norm"] > 0 for m in history)  # something to learn at every step
     assert max_diff(read_weights(str(out / f"checkpoint-{STEPS}")), read_weights(tiny_model)) > 1e-3
     return config, out
+
+
+def assert_same_evaluations(rows: list[dict], ref_rows: list[dict]):
+    """The held-out metrics (eval/...) of the steps both runs evaluated are equal, and there are some."""
+    ref = {r["step"]: r for r in ref_rows}
+    pairs = [(r, ref[r["step"]]) for r in rows if "eval/accuracy" in r and "eval/accuracy" in ref.get(r["step"], {})]
+    assert len(pairs) >= 2, [r["step"] for r in rows if "eval/accuracy" in r]
+    for a, b in pairs:
+        keys = sorted(k for k in b if k.startswith("eval/"))
+        assert "eval/pass@2" in keys and "eval/k2/accuracy" in keys
+        assert sorted(k for k in a if k.startswith("eval/")) == keys
+        for k in keys:
+            assert a[k] == pytest.approx(b[k], abs=1e-9), (a["step"], k)
 
 
 def wait_for(cond, timeout, proc=None, what=""):
@@ -607,15 +625,16 @@ def test_resume_after_sigkill(tmp_path, reference_run):
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"done: step {STEPS}" in r.stdout
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))  # redone steps are not duplicated
+    assert [row["step"] for row in rows] == list(range(0, STEPS + 1))  # redone steps are not duplicated
     assert [s for s, _ in ckpt.list_checkpoints(str(out))] == [STEPS - 1, STEPS]
     assert not any(n.startswith(".") for n in os.listdir(out)), os.listdir(out)
     got, want = read_weights(str(out / f"checkpoint-{STEPS}")), read_weights(str(ref / f"checkpoint-{STEPS}"))
     print("resume: max |w - w_ref| =", max_diff(got, want))
     assert max_diff(got, want) <= 1e-6
     ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(rows, ref_rows):
+    for a, b in zip(rows[1:], ref_rows[1:]):
         assert a["rts_mean"] == b["rts_mean"] and a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert_same_evaluations(rows, ref_rows)  # after the resume: the same problems, the same samples
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -630,9 +649,10 @@ def test_torchrun_two_processes_match_one(tmp_path, reference_run, parallel):
     assert max_diff(got, want) < 1e-5
     assert (out / "checkpoint-3" / "optimizer").is_dir() == (parallel == "fsdp")  # sharded optimizer state
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()][:3]
-    assert [row["step"] for row in rows] == [1, 2, 3]
-    for a, b in zip(rows, ref_rows):  # the same rollouts, the same global statistics
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()][:4]
+    assert [row["step"] for row in rows] == [0, 1, 2, 3]
+    assert_same_evaluations(rows[:3], ref_rows[:3])  # each rank sampled its share of the held-out problems
+    for a, b in zip(rows[1:], ref_rows[1:]):  # the same rollouts, the same global statistics
         for k in ("reward_mean", "rts_mean", "credited_frac", "all_negative_frac", "response_len_mean"):
             assert a[k] == pytest.approx(b[k], abs=1e-6), k
         for k in ("loss", "grad_norm"):
@@ -651,7 +671,7 @@ def test_fsdp_with_a_sharded_reference_model_matches_one_process(tmp_path, refer
     assert max_diff(read_weights(str(out / "checkpoint-2")), read_weights(str(ref / "checkpoint-2"))) < 1e-5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
-    for a, b in zip(rows, ref_rows):
+    for a, b in zip(rows[1:], ref_rows[1:]):
         assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-7)
 
 
@@ -667,7 +687,8 @@ def test_fsdp_resume_after_sigkill(tmp_path, reference_run):
     print("fsdp resume: max |w - w_ref| =", max_diff(got, want))
     assert max_diff(got, want) < 1e-5
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
+    assert [row["step"] for row in rows] == list(range(0, STEPS + 1))
+    assert_same_evaluations(rows, [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()])
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
@@ -878,7 +899,8 @@ def test_example_config_with_overrides(tmp_path, capsys, tiny_model):
     assert code == 0
     assert "done: step 2" in capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2]
+    assert [r["step"] for r in rows] == [0, 1, 2]  # the recipe evaluates at step 0 and the last
+    assert "eval/k2/accuracy" in rows[0] and "eval/k2/accuracy" in rows[2] and "eval/accuracy" not in rows[1]
     saved = load_config(str(out / "config.toml"))
     assert (saved.model, saved.max_steps, saved.task_max_ops, saved.num_samples) == (tiny_model, 2, 2, 4)
     assert (saved.scope, saved.loss_type, saved.lr) == ("all_negative", "dapo", 3e-5)  # from the file

@@ -7,8 +7,8 @@ from typing import Optional
 
 import torch
 
+from ..plotting import pyplot, save
 from .arms import ARMS
-from .runs import log
 from .stats import SWEEP_TAIL
 
 PANELS = (("heldout", "held-out greedy accuracy"), ("accuracy", "rollout accuracy"),
@@ -18,7 +18,7 @@ PANELS = (("heldout", "held-out greedy accuracy"), ("accuracy", "rollout accurac
 
 def plot_comparison(runs: dict, settings: dict, path: str) -> Optional[str]:
     """Each arm's curves against the step: the mean over seeds, a min-max band."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, axes = plt.subplots(2, 3, figsize=(13, 7))
@@ -36,7 +36,7 @@ def plot_comparison(runs: dict, settings: dict, path: str) -> Optional[str]:
     st = settings
     fig.suptitle(f"{' vs '.join(arm for arm, _ in runs)} from one warm start, k {st['ks'][0]}-{st['ks'][-1]}, "
                  f"{st['seeds']} seed(s) (band: min-max over seeds)")
-    return _save(plt, fig, path)
+    return save(plt, fig, path)
 
 
 def _heldout(by_seed: dict) -> tuple:
@@ -63,7 +63,7 @@ SWEEP_PANELS = (("score", f"rollout accuracy, last {SWEEP_TAIL} steps (ranks)"),
 def plot_sweep(summary: dict, scores: dict, start_accuracy: float, settings: dict, path: str) -> Optional[str]:
     """One line per arm across the learning rates: what ranks, where it ends,
     and the gaming gauges."""
-    plt = _pyplot()
+    plt = pyplot()
     if plt is None:
         return None
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.8))
@@ -84,25 +84,7 @@ def plot_sweep(summary: dict, scores: dict, start_accuracy: float, settings: dic
     axes[1].legend(fontsize=8)
     st = settings
     fig.suptitle(f"learning-rate sweep, k {st['ks'][0]}-{st['ks'][-1]}, {st['steps']} steps, one seed per rate")
-    return _save(plt, fig, path)
-
-
-def _save(plt, fig, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def _pyplot():
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        return plt
-    except ImportError:
-        log("matplotlib is not installed: no plot (pip install matplotlib)")
-        return None
+    return save(plt, fig, path)
 
 
 def _smooth(x: torch.Tensor, w: int = 5) -> list:

@@ -96,10 +96,10 @@ class Job(NamedTuple):
 
 def train_one(plan: Plan, job: Job) -> dict:
     """One training run from the warm start (a worker process)."""
-    from ..tasks import evaluate
     torch.set_num_threads(1)  # tiny models do not scale across threads: one process per run instead
     cfg = TrainConfig(**{**plan.base, "save_every": plan.base["max_steps"], "seed": job.seed,
                          "eval_every": plan.eval_every, "eval_problems": plan.eval_n,
+                         "eval_at_start": False,  # every run starts at the warm start, evaluated once
                          "output": os.path.join(plan.output, f"{job.name}-seed{job.seed}"), "progress": False})
     cfg = apply_overrides(cfg, plan.overrides)
     for k, v in {**job.settings, "seed": job.seed}.items():  # the arms differ in their settings only
@@ -109,16 +109,13 @@ def train_one(plan: Plan, job: Job) -> dict:
         f"{cfg.num_samples} samples, k {cfg.task_min_ops}-{cfg.task_max_ops}, lr {cfg.lr:g}")
     t = time.perf_counter()
     trainer = SGPOTrainer(cfg)  # loads cfg.model: the shipped warm start unless overridden
-    history = trainer.train()
-    evals = [(h["step"], h["eval_accuracy"]) for h in history if "eval_accuracy" in h]
-    last = history[-1] if history else {}
-    if "eval_accuracy" in last:  # the trainer evaluated at the last step: per k, as evaluate() gives it
-        end_eval = {f"k{k}": {n: last[f"eval_k{k}_{n}"] for n in ("accuracy", "correct_prefix", "premature_answer")}
-                    for k in plan.ks}
-    else:
-        end_eval = evaluate(trainer.policy, ks=plan.ks, n=plan.eval_n)
-        evals.append((trainer.step, mean_accuracy(end_eval)))
-    log(f"{tag} held-out accuracy {evals[-1][1]:.3f} ({time.perf_counter() - t:.0f} s)")
+    trainer.on_eval = lambda step, m: log(f"{tag} step {step}: held-out accuracy {m['eval/accuracy']:.3f} "
+                                          f"({time.perf_counter() - t:.0f} s)")
+    history = trainer.train()  # evaluates every eval_every steps and at the last
+    evals = [(h["step"], h["eval/accuracy"]) for h in history if "eval/accuracy" in h]
+    last = history[-1]
+    end_eval = {f"k{k}": {n: last[f"eval/k{k}/{n}"] for n in ("accuracy", "correct_prefix", "premature_answer")}
+                for k in plan.ks}
     return {"steps": {c: [h.get(c) for h in history] for c in CURVES}, "heldout": evals,
             "heldout_end": end_eval, "heldout_end_accuracy": evals[-1][1], "arm": job.key[0], "lr": cfg.lr,
             "train_seconds": time.perf_counter() - t}

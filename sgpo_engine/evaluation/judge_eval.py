@@ -38,6 +38,7 @@ from typing import Optional
 
 from ..judge import JudgeContext, make_judge
 from ..judge.steps import split_steps
+from ..plotting import pyplot, save
 
 SEPARATORS = {"line": "\n", "paragraph": "\n\n"}  # how rows with "steps" are joined, per step mode
 
@@ -152,11 +153,8 @@ def write_outputs(output: str, report: dict, items: list[LabelledItem], verdicts
 
 def plot(path: str, items: list[LabelledItem], verdicts: list, title: str) -> Optional[str]:
     """Predicted against true first error (-1: none); None when matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     counts: dict = {}
     for it, v in zip(items, verdicts):
@@ -171,11 +169,7 @@ def plot(path: str, items: list[LabelledItem], verdicts: list, title: str) -> Op
     ax.set_xlabel("true first wrong step (-1: none)")
     ax.set_ylabel("judge's first wrong step (-1: none or no verdict)")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-    return path
+    return save(plt, fig, path)
 
 
 def table(report: dict) -> str:

@@ -153,6 +153,22 @@ def generate(policy, prompts: Sequence[Prompt], num_samples: int = 1, max_new_to
     return _completions(policy, prompt_ids, G, tokens, logps, reason, rule)
 
 
+def generate_groups(policy, prompts: Sequence[Prompt], sampling, seeds) -> list[list[Completion]]:
+    """`generate` with the sampling fields of a settings object (num_samples, max_new_tokens,
+    temperature, top_k, top_p, min_p, stop, chat_template: a TrainConfig's or an
+    evaluation's), the decoder in eval mode (no dropout) and no progress bar: what training
+    rollouts and held-out evaluation both sample with."""
+    s = sampling
+    was_training = policy.decoder.training
+    policy.decoder.eval()
+    try:
+        return generate(policy, list(prompts), num_samples=s.num_samples, max_new_tokens=s.max_new_tokens,
+                        temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, min_p=s.min_p,
+                        stop=s.stop or None, seed=seeds, chat_template=s.chat_template, progress=False)
+    finally:
+        policy.decoder.train(was_training)
+
+
 def _row_seeds(seed, P, G) -> torch.Tensor:
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()))  # from torch's global RNG

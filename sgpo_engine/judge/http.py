@@ -54,7 +54,7 @@ from .verdict import Verdict
 
 log = logging.getLogger("sgpo_engine.judge")
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 _ERROR_BODY_LIMIT = 2048
 
 
@@ -115,7 +115,7 @@ class HTTPJudge(Judge):
         self.extra_body = dict(extra_body or {})
         self.max_response_bytes = max_response_bytes
         # Loopback servers are reached directly, whatever http_proxy says; others honour the proxy settings.
-        handlers = [urllib.request.ProxyHandler({})] if parsed.hostname in _LOOPBACK else []
+        handlers = [urllib.request.ProxyHandler({})] if parsed.hostname in LOOPBACK_HOSTS else []
         self._opener = urllib.request.build_opener(*handlers)
         self._rng = random.Random()
 

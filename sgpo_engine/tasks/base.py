@@ -8,7 +8,9 @@ A `Task` gives the trainer
   - `metric_sums(examples, groups)`: this rank's share of the task's own metrics,
     as named sums (the trainer adds them over ranks), and `metrics(sums)`: the
     metrics those totals give;
-  - `evaluate(policy, n)`: held-out evaluation metrics, where `has_evaluation`.
+  - `heldout(n, seed)`: a fixed, seeded set of held-out Examples (empty: the
+    task has none), and `sample_metrics(text, example)`: the task's own
+    per-sample evaluation metrics; sgpo_engine.evaluation scores them.
 
 A prompt source returns the prompts of step s deterministically from (seed, s),
 so a resumed run sees exactly the prompts an uninterrupted one would have, and
@@ -38,7 +40,10 @@ class Task(abc.ABC):
     """The interface, with the defaults of a task without metrics or
     evaluation of its own; subclasses must give `source` and `verify`."""
 
-    has_evaluation = False
+    @property
+    def has_evaluation(self) -> bool:
+        """Whether `heldout` has problems (config field `eval_every` needs them)."""
+        return False
 
     @abc.abstractmethod
     def source(self):
@@ -47,6 +52,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def verify(self, text: str, answer) -> bool:
         """Whether a response's final answer is `answer`."""
+
+    def extract_answer(self, text: str):
+        """The final answer a response gives (what `verify` compares), for evaluation reports."""
+        from ..judge import extract_answer
+        return extract_answer(text)
 
     def builtin_judge(self):
         """The task's own step judge (config `judge = "builtin"`), or None when it has none."""
@@ -61,7 +71,12 @@ class Task(abc.ABC):
         """The task's metrics from the sums of `metric_sums` over all ranks."""
         return {}
 
-    def evaluate(self, policy, n: int) -> dict[str, float]:
-        """Held-out metrics of `policy` on n problems (per difficulty where the
-        task has them); {} without an evaluation."""
+    def heldout(self, n: int, seed: int) -> list[Example]:
+        """n held-out problems (0: all), the same for the same (n, seed): after a
+        resume and on every rank. An Example's meta may name its "group" (the
+        evaluation's breakdown) and its own "max_new_tokens"."""
+        return []
+
+    def sample_metrics(self, text: str, example: Example) -> dict[str, float]:
+        """The task's own metrics of one held-out sample (averaged over samples)."""
         return {}

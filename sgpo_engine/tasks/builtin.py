@@ -1,13 +1,30 @@
 """The built-in +/- chain task (arith.py) as a Task: fresh problems per step,
 the exact verifier and step judge, the anti-gaming metrics (premature answers,
-correct prefix) and the held-out greedy evaluation per k (warmup.evaluate)."""
+correct prefix) and the held-out problems per k (`heldout`), scored by
+sgpo_engine.evaluation with the same two metrics."""
 from __future__ import annotations
 
-from .arith import ArithTask, correct_prefix, exact_judge, premature_answer, verify as verify_answer
+from typing import Sequence
+
+from .arith import (ArithTask, correct_prefix, eval_set, exact_judge, extract_answer, premature_answer,
+                    verify as verify_answer)
 from .base import Example, Task
-from .warmup import evaluate as evaluate_greedy
 
 BUILTIN = "builtin:arith"   # the config value (dataset, model) naming this task and its warm start
+
+
+def max_new_tokens_for(k: int) -> int:
+    """Room for the longest correct response of k operations (9 characters per
+    line, `#NN`, EOS) plus a little."""
+    return 9 * k + 8
+
+
+def heldout_examples(ks: Sequence[int], n: int) -> list[Example]:
+    """n held-out problems per k (arith.eval_set, seed 0: the same for every run
+    and seed, so runs compare on the same problems), grouped "k{k}"."""
+    return [Example(p.prompt, p.answer, p.reference, {"problem": p, "k": k, "group": f"k{k}",
+                                                      "max_new_tokens": max_new_tokens_for(k)})
+            for k in ks for p in eval_set(k, n, seed=0)]
 
 
 class ArithSource:
@@ -24,8 +41,11 @@ class ArithSource:
 class BuiltinTask(Task):
     """Problems with k in min_ops..max_ops; judge "builtin" is the exact step judge."""
 
-    has_evaluation = True
+    has_evaluation = True  # held-out problems by construction (arith.is_heldout)
     verify = staticmethod(verify_answer)
+
+    def extract_answer(self, text: str):
+        return extract_answer(text)
 
     def __init__(self, min_ops: int, max_ops: int, seed: int = 0):
         self.min_ops, self.max_ops, self.seed = min_ops, max_ops, seed
@@ -54,11 +74,10 @@ class BuiltinTask(Task):
         return {"premature_answer_frac": sums["premature_answer"] / n,
                 "correct_prefix_frac": sums["correct_prefix"] / n}
 
-    def evaluate(self, policy, n: int) -> dict[str, float]:
-        """Greedy accuracy, correct prefix and premature answers on n held-out
-        problems per k (eval_k{k}_{name}), and their mean accuracy (eval_accuracy)."""
-        res = evaluate_greedy(policy, ks=range(self.min_ops, self.max_ops + 1), n=n)
-        flat = {f"eval_{k}_{name}": v for k, d in res.items() for name, v in d.items()}
-        if flat:
-            flat["eval_accuracy"] = sum(d["accuracy"] for d in res.values()) / len(res)
-        return flat
+    def heldout(self, n: int, seed: int) -> list[Example]:
+        """n problems per k of min_ops..max_ops (config field eval_problems is per k here)."""
+        return heldout_examples(range(self.min_ops, self.max_ops + 1), n or 100)
+
+    def sample_metrics(self, text: str, example: Example) -> dict[str, float]:
+        p = example.meta["problem"]
+        return {"correct_prefix": correct_prefix(text, p), "premature_answer": float(premature_answer(text, p))}

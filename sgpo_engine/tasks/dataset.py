@@ -1,6 +1,6 @@
 """Prompts from a dataset file (.jsonl or .parquet) as a Task: the generic
-answer verifier (judge.verify) and the judge the config names (http, local or
-none)."""
+answer verifier (judge.verify), the judge the config names, and held-out
+problems from a second file of the same format (config field eval_dataset)."""
 from __future__ import annotations
 
 import json
@@ -10,6 +10,8 @@ from typing import Optional
 
 from ..judge import verify as verify_answer
 from .base import Example, Task
+
+_SUBSET_SEED = 0x5EED  # mixed into the config seed: the held-out subset is not the training order
 
 
 def _check_prompt(prompt, where: str):
@@ -54,10 +56,10 @@ class JsonlSource:
     """Examples from a JSONL (or Parquet) file, reshuffled each epoch by seed."""
 
     def __init__(self, path: str, prompt_field="prompt", answer_field="answer",
-                 reference_field: Optional[str] = "reference", seed: int = 0):
+                 reference_field: Optional[str] = "reference", seed: int = 0, group_field: Optional[str] = None):
         self.examples, self.where = [], []  # where: each example's file:line (or row), for errors
         for where, row in read_rows(path):
-            for name in (prompt_field, answer_field):
+            for name in (prompt_field, answer_field, *([group_field] if group_field else [])):
                 if name not in row:
                     raise ValueError(f"{where}: missing field '{name}'")
             _check_prompt(row[prompt_field], where)
@@ -66,7 +68,8 @@ class JsonlSource:
             ref = row.get(reference_field) if reference_field else None
             if ref is not None and not isinstance(ref, str):
                 raise ValueError(f"{where}: field '{reference_field}' must be a string")
-            self.examples.append(Example(row[prompt_field], row[answer_field], ref))
+            meta = {"group": str(row[group_field])} if group_field else {}
+            self.examples.append(Example(row[prompt_field], row[answer_field], ref, meta))
             self.where.append(where)
         if not self.examples:
             raise ValueError(f"{path}: no examples")
@@ -101,15 +104,31 @@ class JsonlSource:
 
 
 class DatasetTask(Task):
-    """The examples of config field `dataset` (a file); JsonlSource reads it
-    when the source is asked for."""
+    """The examples of config field `dataset` (a file), and the held-out ones of
+    `eval_path` (config field eval_dataset; "": none); JsonlSource reads them
+    when asked. group_field: the held-out rows' field the evaluation breaks down by."""
 
     verify = staticmethod(verify_answer)
 
     def __init__(self, path: str, prompt_field: str = "prompt", answer_field: str = "answer",
-                 reference_field: Optional[str] = "reference", seed: int = 0):
+                 reference_field: Optional[str] = "reference", seed: int = 0, eval_path: str = "",
+                 group_field: Optional[str] = None):
         self.path, self.prompt_field, self.answer_field = path, prompt_field, answer_field
         self.reference_field, self.seed = reference_field, seed
+        self.eval_path, self.group_field = eval_path, group_field
 
     def source(self) -> JsonlSource:
         return JsonlSource(self.path, self.prompt_field, self.answer_field, self.reference_field, self.seed)
+
+    @property
+    def has_evaluation(self) -> bool:
+        return bool(self.eval_path)
+
+    def heldout(self, n: int, seed: int) -> list[Example]:
+        """A fixed, seeded subset of n rows of eval_path (0: all), in file order."""
+        if not self.eval_path:
+            return []
+        from ..evaluation.heldout import fixed_subset
+        rows = JsonlSource(self.eval_path, self.prompt_field, self.answer_field, self.reference_field,
+                           group_field=self.group_field)
+        return [rows.examples[i] for i in fixed_subset(len(rows.examples), n, seed * 1_000_003 + _SUBSET_SEED)]

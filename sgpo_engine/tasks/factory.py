@@ -12,7 +12,8 @@ def make_task(cfg) -> Task:
     """The built-in task for dataset = builtin:arith, else the dataset file's."""
     if cfg.dataset == BUILTIN:
         return BuiltinTask(cfg.task_min_ops, cfg.task_max_ops, cfg.seed)
-    return DatasetTask(cfg.dataset, cfg.prompt_field, cfg.answer_field, cfg.reference_field, cfg.seed)
+    return DatasetTask(cfg.dataset, cfg.prompt_field, cfg.answer_field, cfg.reference_field, cfg.seed,
+                       eval_path=cfg.eval_dataset, group_field=cfg.eval_group_field or None)
 
 
 def load_policy(model: str, dtype=None, device=None):

@@ -35,7 +35,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from .arith import ArithTask, correct_prefix, eval_set, premature_answer, verify
+from .arith import ArithTask
 from .tokenizer import BOS_ID, EOS_ID, GENERATION_CONFIG, PAD_ID, VOCAB, build_tokenizer, encode_chars
 
 WARM_START_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "warm_start")
@@ -120,42 +120,21 @@ def sft_step(policy, problems, micro_batches: int = 8) -> float:
 # ----------------------------------------------------------------------
 # evaluation
 # ----------------------------------------------------------------------
-def max_new_tokens_for(k: int) -> int:
-    """Room for the longest correct response of k operations (9 characters per
-    line, `#NN`, EOS) plus a little."""
-    return 9 * k + 8
-
-
-def complete_greedy(policy, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy completions of prompt strings (generate at temperature 0)."""
-    from ..generation import generate
-    res = generate(policy, list(prompts), num_samples=1, max_new_tokens=max_new_tokens, temperature=0.0, seed=0)
-    return [r[0].text for r in res]
-
-
 @torch.no_grad()
 def evaluate(policy, ks: Sequence[int] = EVAL_KS, n: int = 300, seed: int = 0, batch_size: int = 300
              ) -> dict[str, dict[str, float]]:
     """Greedy accuracy on n held-out problems per k, with the correct-prefix
-    share and the premature-answer rate: {"k4": {"accuracy": ..., ...}, ...}."""
-    was_training = policy.decoder.training
-    policy.eval()
-    out = {}
-    try:
-        for k in ks:
-            problems = eval_set(k, n, seed=seed)
-            texts = []
-            for i in range(0, len(problems), batch_size):
-                chunk = problems[i:i + batch_size]
-                texts += complete_greedy(policy, [p.prompt for p in chunk], max_new_tokens_for(k))
-            out[f"k{k}"] = {
-                "accuracy": sum(verify(t, p) for t, p in zip(texts, problems)) / len(problems),
-                "correct_prefix": sum(correct_prefix(t, p) for t, p in zip(texts, problems)) / len(problems),
-                "premature_answer": sum(premature_answer(t, p) for t, p in zip(texts, problems)) / len(problems),
-            }
-    finally:
-        policy.train(was_training)
-    return out
+    share and the premature-answer rate: {"k4": {"accuracy": ..., ...}, ...}.
+    The engine's one evaluation path (sgpo_engine.evaluation), shaped per k;
+    seed: the sampling streams' (greedy: unused); the problems are arith.eval_set's."""
+    from ..evaluation import EvalSettings, evaluate as evaluate_heldout, local_sampler
+    from .builtin import BuiltinTask, heldout_examples
+    task = BuiltinTask(min(ks), max(ks))
+    settings = EvalSettings(num_samples=1, temperature=0.0, seed=seed, batch_size=batch_size)
+    m = evaluate_heldout(local_sampler(policy), heldout_examples(ks, n), settings, task.verify,
+                         task.sample_metrics).metrics
+    return {f"k{k}": {name: m[f"eval/k{k}/{name}"] for name in ("accuracy", "correct_prefix", "premature_answer")}
+            for k in ks}
 
 
 # ----------------------------------------------------------------------

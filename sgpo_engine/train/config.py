@@ -110,6 +110,17 @@ class TrainConfig:
     recompute_old_logp: bool = False     # recompute old log-probs instead of the sampler's
     gradient_checkpointing: bool = False
 
+    # ---- [eval]
+    eval_every: int = 0                  # held-out evaluation every N steps, at step 0 and at the last (0 = off)
+    eval_dataset: str = ""               # held-out .jsonl / .parquet with the fields of `dataset` (builtin:arith
+                                         # has its own held-out split)
+    eval_problems: int = 100             # a fixed, seeded subset of that many rows (0: all); builtin:arith: per k
+    eval_samples: int = 1                # k samples per problem (accuracy is then mean@k, and pass@k is reported)
+    eval_temperature: float = 0.0        # 0: greedy; > 0 samples with the rollout's top_k / top_p / min_p
+    eval_max_new_tokens: int = 0         # 0: max_new_tokens
+    eval_group_field: str = ""           # a held-out row field to break the metrics down by (e.g. level, source)
+    eval_at_start: bool = True           # with eval_every: evaluate before the first step too (the curve's start)
+
     # ---- [optim]
     lr: float = 1e-4
     weight_decay: float = 0.0
@@ -127,8 +138,6 @@ class TrainConfig:
     output: str = "runs/sgpo"
     save_every: int = 50                 # checkpoint every N steps (and at the last)
     keep_checkpoints: int = 2
-    eval_every: int = 0                  # builtin:arith held-out greedy accuracy every N steps (0 = off)
-    eval_problems: int = 100
     resume: bool = False                 # continue from the latest checkpoint in output
     tensorboard: bool = True
     log_completions: int = 8             # completions per step written to OUTPUT/completions.jsonl (0: off)
@@ -166,7 +175,7 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"config field '{name}': expected >= 1, got {getattr(self, name)}")
         nonneg = ("lr", "weight_decay", "max_grad_norm", "warmup_steps", "beta", "eps_low", "eps_high",
-                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "log_completions", "threads", "max_staleness",
+                  "temperature", "top_k", "min_p", "adv_eps", "eval_every", "eval_problems", "eval_max_new_tokens", "log_completions", "threads", "max_staleness",
                   "credited_std_floor")
         for name in nonneg:
             if getattr(self, name) < 0:
@@ -182,6 +191,7 @@ class TrainConfig:
             raise ValueError("config field 'temperature': RL needs sampling (> 0); greedy rollouts have no variance")
         if self.rollout == "openai" and not (self.rollout_url and self.rollout_model):
             raise ValueError("config fields 'rollout_url' and 'rollout_model' are required with rollout = 'openai'")
+        self._validate_eval()
         spec = check_judge(self.judge, self.judge_options(), "config field 'judge'",
                            lambda o: f"config field '{JUDGE_OPTION_FIELDS[o]}'")
         if self.judge == "builtin" and self.dataset != BUILTIN:
@@ -192,6 +202,31 @@ class TrainConfig:
             raise ValueError(f"config field 'scope': without a judge (judge = '{self.judge}') only scope = 'off' works")
         self.credit_config().validated(lambda f: f"config field '{_CREDIT_FIELDS.get(f, f)}'")
         return self
+
+    def _validate_eval(self) -> None:
+        if self.dataset == BUILTIN and self.eval_dataset:
+            raise ValueError("config field 'eval_dataset': builtin:arith evaluates on its own held-out split; "
+                             "leave eval_dataset empty (eval_problems sets how many per k)")
+        if self.eval_every and self.dataset != BUILTIN and not self.eval_dataset:
+            raise ValueError("config field 'eval_every': a dataset's evaluation needs held-out rows: set "
+                             "config field 'eval_dataset' to a file disjoint from 'dataset'")
+        if self.eval_dataset and not os.path.isfile(self.eval_dataset):
+            raise ValueError(f"config field 'eval_dataset': no such file {self.eval_dataset}")
+        self.eval_settings()
+
+    def eval_settings(self):
+        """How the held-out problems are sampled (evaluation.EvalSettings): the eval fields, the
+        rollout's sampling filters and chat template, and as many sequences per generate call as a
+        rollout has."""
+        from ..evaluation.heldout import EvalSettings
+        names = {"num_samples": "eval_samples", "temperature": "eval_temperature",
+                 "max_new_tokens": "eval_max_new_tokens"}
+        return EvalSettings(
+            num_samples=self.eval_samples, temperature=self.eval_temperature,
+            max_new_tokens=self.eval_max_new_tokens or self.max_new_tokens, top_k=self.top_k, top_p=self.top_p,
+            min_p=self.min_p, stop=list(self.stop), chat_template=self.chat_template, seed=self.seed,
+            batch_size=max(1, self.prompts_per_step * self.num_samples // max(self.eval_samples, 1)),
+        ).validated(lambda f: f"config field '{names.get(f, f)}'")
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}

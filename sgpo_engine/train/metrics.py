@@ -85,6 +85,7 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
         "lr": update.lr,
         **update.rollout_is,
         "response_len_mean": g["response_tokens"] / n,
+        "rollout_tokens": int(g["response_tokens"]),  # generated this step, every rank
         "rollout_tokens_per_s": g["response_tokens"] / max(times.rollout, 1e-9),
         "train_tokens_per_s": g["update_positions"] / max(times.update, 1e-9),
         # what the update's layout cost: decoder positions, and the share of them spent beyond
@@ -99,6 +100,19 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
     if prefix_credit:  # judged responses whose steps did not map onto tokens
         m["credit_fallbacks"] = int(g["credit_fallbacks"])
     return m
+
+
+def progress_line(m: dict, max_steps: int) -> str:
+    """One plain line of a step's metrics (or of an evaluation alone), for logs off a terminal."""
+    parts = [f"step {m['step']}/{max_steps}"]
+    if "loss" in m:
+        parts += [f"{m['step_seconds']:.1f} s", f"reward {m['reward_mean']:.3f}", f"accuracy {m['accuracy']:.3f}",
+                  f"all-negative {m['all_negative_frac']:.2f}", f"judge failures {m['judge_failures']}"]
+    for key, label in (("eval/accuracy", "eval accuracy"), ("eval/no_correct_frac", "eval no-correct")):
+        if key in m:
+            parts.append(f"{label} {m[key]:.3f}")
+    parts += [f"eval {k[5:]} {v:.3f}" for k, v in m.items() if k.startswith("eval/pass@")]
+    return " | ".join(parts)
 
 
 class MetricsWriter:

@@ -27,8 +27,8 @@ import warnings
 
 import torch
 
-from ..generation import Completion, generate
-from ..generation.generate import encode_prompt
+from ..generation import Completion
+from ..generation.generate import encode_prompt, generate_groups
 from ..judge.http import openai_base, server_root
 
 
@@ -41,16 +41,7 @@ class LocalRollout:
         self.policy, self.cfg = policy, cfg
 
     def __call__(self, examples, seeds):
-        c = self.cfg
-        was_training = self.policy.decoder.training
-        self.policy.decoder.eval()
-        try:
-            return generate(self.policy, [e.prompt for e in examples], num_samples=c.num_samples,
-                            max_new_tokens=c.max_new_tokens, temperature=c.temperature, top_k=c.top_k,
-                            top_p=c.top_p, min_p=c.min_p, stop=c.stop or None, seed=seeds,
-                            chat_template=c.chat_template, progress=False)
-        finally:
-            self.policy.decoder.train(was_training)
+        return generate_groups(self.policy, [e.prompt for e in examples], self.cfg, seeds)
 
 
 class OpenAIRollout:
