@@ -122,7 +122,7 @@ class Ours:
                           lr=args.lr,
                           lr_schedule="constant", max_grad_norm=1.0, max_steps=args.warmup + args.steps,
                           seed=args.seed, output=os.path.join(args.tmp, f"ours_{scope}_{layout}"), save_every=10 ** 9,
-                          tensorboard=False, progress=False)
+                          tensorboard=False, progress=False, lora_r=args.lora_r, lora_alpha=2.0 * max(args.lora_r, 1))
         self.args, self.trainer, self.timer, self.counts, self.steps = args, SGPOTrainer(cfg), {}, {}, []
         tr = self.trainer
         rollout = tr.rollout
@@ -219,8 +219,14 @@ def run_trl(path, args, prompts_by_step, examples_log, between=(), engine="trl_g
         use_liger_kernel=engine == "trl_liger")
     if engine == "trl_fused":
         from sgpo_engine.integrations.trl import SGPOGRPOTrainer as GRPOTrainer  # noqa: F811
+    peft_config = None
+    if args.lora_r:  # TRL + PEFT at the same rank, alpha and modules as ours
+        from peft import LoraConfig
+        from sgpo_engine.model.lora import ALL_LINEARS
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0,
+                                 target_modules=list(ALL_LINEARS), task_type="CAUSAL_LM")
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok)
+                          processing_class=tok, peft_config=peft_config)
 
     generate = model.generate
 
@@ -298,6 +304,8 @@ def main(argv=None):
     ap.add_argument("--dataset", default=BUILTIN, help="builtin:arith (default) or a .jsonl / .parquet file")
     ap.add_argument("--prompt-field", default="prompt")
     ap.add_argument("--chat-template", action="store_true", help="prompts as a user turn of the chat template")
+    ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank for every engine (alpha 2r, every linear of "
+                    "attention and MLP; TRL through PEFT); 0: full fine-tuning")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     args.steps = args.steps or (2 if args.quick else 8)
@@ -311,7 +319,7 @@ def main(argv=None):
     report = {"device": card or platform.processor() or platform.machine(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "prompts": args.prompts, "samples": args.G,
               "max_new_tokens": args.max_new_tokens, "micro_batch": args.micro_batch, "task_ops": [args.min_ops, args.max_ops], "lr": args.lr,
-              "dataset": args.dataset, "chat_template": args.chat_template,
+              "dataset": args.dataset, "chat_template": args.chat_template, "lora_r": args.lora_r,
               "warmup_steps": args.warmup, "timed_steps": args.steps, "results": {}, "errors": {}}
     with tempfile.TemporaryDirectory() as tmp:
         args.tmp = tmp

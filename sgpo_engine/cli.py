@@ -5,6 +5,7 @@
     sgpo generate --model DIR --prompt TEXT [-n G] [--max-new-tokens N] ...
     sgpo eval --model DIR [--model DIR2 ...] --dataset FILE [-k 4 --temperature 1]   held-out accuracy, pass@k
     sgpo plot RUN_DIR                               the eval curves beside the training metrics
+    sgpo merge --adapter CKPT [--base DIR] --output DIR   a LoRA checkpoint merged into an HF folder
     sgpo judge-eval --data FILE.jsonl --judge NAME [--judge-url URL ...]   score a step judge
     sgpo serve --model DIR [--host 127.0.0.1] [--port 8000]
 
@@ -90,6 +91,23 @@ def _eval(args, _overrides) -> int:
     return 0
 
 
+def _merge(args, _overrides) -> int:
+    from .model.lora import ADAPTER_CONFIG, load_adapter
+    from .model.files import read_json
+    from .tasks.factory import load_policy
+    config = read_json(os.path.join(args.adapter, ADAPTER_CONFIG))
+    if config is None:
+        raise ValueError(f"--adapter: {args.adapter}/{ADAPTER_CONFIG} not found (is it a LoRA run's checkpoint?)")
+    base = args.base or config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"--base: {args.adapter}/{ADAPTER_CONFIG} names no base model; give --base DIR")
+    policy = load_policy(base, dtype=args.dtype)
+    names = load_adapter(policy, args.adapter)
+    policy.save(args.output)  # the merged weights: W + (alpha / r) B A
+    print(f"merged {len(names)} adapted linears of {args.adapter} into {base}: wrote {args.output}")
+    return 0
+
+
 def _plot(args, _overrides) -> int:
     from .evaluation.curves import plot_run
     print(f"wrote {plot_run(args.run, args.output)}")
@@ -172,6 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("run", help="a training run's output folder (with metrics.jsonl)")
     pl.add_argument("--output", default=None, help="the PNG (default: RUN/curves.png)")
     pl.set_defaults(func=_plot, overrides_ok=False)
+
+    mg = sub.add_parser("merge", help="merge a LoRA checkpoint (PEFT format) into its base: an HF folder")
+    mg.add_argument("--adapter", required=True, help="a checkpoint of a LoRA run, or any PEFT LoRA adapter folder")
+    mg.add_argument("--base", default=None, help="the base model folder (default: the adapter's "
+                    "base_model_name_or_path)")
+    mg.add_argument("--output", required=True)
+    mg.add_argument("--dtype", default=None)
+    mg.set_defaults(func=_merge, overrides_ok=False)
 
     from .judge.registry import judge_names
     j = sub.add_parser("judge-eval", help="score a step judge on labelled first errors (ProcessBench format)",

@@ -905,3 +905,158 @@ def test_example_config_with_overrides(tmp_path, capsys, tiny_model):
     assert (saved.model, saved.max_steps, saved.task_max_ops, saved.num_samples) == (tiny_model, 2, 2, 4)
     assert (saved.scope, saved.loss_type, saved.lr) == ("all_negative", "dapo", 3e-5)  # from the file
     assert (out / "checkpoint-2").is_dir()
+
+
+# --------------------------------------------------------------------------
+# 8. dynamic sampling (train/sampling.py): batches until prompts_per_step informative groups
+# --------------------------------------------------------------------------
+class StreamSource:
+    """Prompt batch c of the stream is STREAM[c] (the trainer's cursor picks it)."""
+
+    def __init__(self, stream):
+        self.stream, self.asked = stream, []
+
+    def batch(self, c, n):
+        self.asked.append(c)
+        return [Example(p, BATCH[p][0]) for p in self.stream[c]][:n]
+
+
+STREAM = [["1+1=", "3+3="], ["2+2=", "3+3="], ["2+2=", "1+1="], ["3+3=", "3+3="]]
+
+
+def ds_trainer(tmp_path, **kw):
+    policy = tasks.new_policy(seed=0)
+    cfg = tiny_config(tmp_path / "out", **{"prompts_per_step": 2, "max_steps": 2, "micro_batch_size": 3,
+                                           "lr": 1e-3, "dynamic_sampling": "filter", "save_every": 1, **kw})
+    source = StreamSource(STREAM)
+    trainer = SGPOTrainer(cfg, policy=policy, source=source, verifier=verify_suffix,
+                          judge=FunctionJudge(first_nine, step_mode="line"), rollout=HandRollout(policy))
+    captured = []
+    make_batch = trainer._batch
+    trainer._batch = lambda e, g, s: captured.append((e, make_batch(e, g, s))) or captured[-1][1]
+    return trainer, source, captured
+
+
+def group_tokens(prompts, tok) -> int:
+    """HandRollout's completion tokens of these prompts' groups (the text and EOS)."""
+    return sum(len(tok.encode(t, add_special_tokens=False)) + 1 for p in prompts
+               for t in (["3+3=6\n#6"] * 4 if p == "3+3=" else BATCH[p][1]))
+
+
+@pytest.mark.parametrize("scope", ["off", "all_negative"])
+def test_dynamic_sampling_draws_until_the_batch_is_informative(tmp_path, scope):
+    BATCH["3+3="] = (6, ["3+3=6\n#6"] * 4)  # all correct: never informative
+    try:
+        trainer, source, captured = ds_trainer(tmp_path, scope=scope, max_steps=1)
+        m = trainer.train_step()
+    finally:
+        del BATCH["3+3="]
+    tok = trainer.policy.tokenizer
+    examples, batch = captured[0]
+    if scope == "off":  # GRPO: only the mixed group "2+2=" informs; batches 0, 1, 2 drawn
+        assert source.asked == [0, 1, 2] and [e.prompt for e in examples] == ["2+2=", "2+2="]
+        assert batch.advantages.tolist() == pytest.approx(grpo_adv([1.0, 0, 0, 0]) * 2, abs=1e-5)
+        drawn = ["1+1=", "3+3=", "2+2=", "3+3=", "2+2=", "1+1="]
+    else:  # SGPO: the judge's credit makes the all-negative "1+1=" informative
+        assert source.asked == [0, 1] and [e.prompt for e in examples] == ["1+1=", "2+2="]
+        want = grpo_adv([sigmoid_credit(r) for r in RTS0]) + grpo_adv([1.0, 0.0, 0.0, 0.0])
+        assert batch.advantages.tolist() == pytest.approx(want, abs=1e-5)
+        drawn = ["1+1=", "3+3=", "2+2=", "3+3="]
+    assert (m["sample_batches"], m["groups_drawn"], m["groups_kept"]) == (len(drawn) // 2, len(drawn), 2)
+    assert m["rollout_tokens"] == m["rollout_tokens_total"] == group_tokens(drawn, tok)  # thrown away ones too
+    judged = 4 * drawn.count("1+1=") if scope != "off" else 0
+    assert m["judge_calls"] == judged and (m["judge_read_tokens"] > 0) == (judged > 0)
+    assert trainer.batches_drawn == len(drawn) // 2
+
+
+def test_dynamic_sampling_stops_at_max_sample_batches_and_resumes(tmp_path):
+    BATCH["3+3="] = (6, ["3+3=6\n#6"] * 4)
+    try:
+        trainer, source, captured = ds_trainer(tmp_path, scope="off", max_sample_batches=2, max_steps=2)
+        history = trainer.train()
+        assert source.asked == [0, 1, 2, 3]  # 2 batches a step, the cap: 1 informative group in each pair
+        assert [m["groups_kept"] for m in history] == [1, 1] and [m["sample_batches"] for m in history] == [2, 2]
+        assert [[x.prompt for x in e] for e, _ in captured] == [["2+2="], ["2+2="]]
+        state = ckpt.load_trainer_state(str(tmp_path / "out" / "checkpoint-1"))
+        assert state["batches_drawn"] == 2 and state["totals"]["rollout_tokens"] == history[0]["rollout_tokens"]
+        # a resumed run continues the prompt stream where step 1 left it
+        resumed, source2, _ = ds_trainer(tmp_path, scope="off", max_sample_batches=2, max_steps=2)
+        resumed.cfg.resume = True
+        resumed._resume()
+        assert resumed.step == 2 and resumed.batches_drawn == 4
+        assert resumed.totals == {k: history[-1][f"{k}_total"] for k in resumed.totals}
+    finally:
+        del BATCH["3+3="]
+
+
+def test_dynamic_sampling_off_keeps_one_batch_a_step(tmp_path):
+    trainer, source, _ = ds_trainer(tmp_path, dynamic_sampling="off", max_steps=2)
+    source.stream = [["1+1=", "2+2="]] * 3
+    history = trainer.train()
+    assert source.asked == [0, 1] and trainer.batches_drawn == trainer.step == 2
+    assert [m["sample_batches"] for m in history] == [1, 1] and history[0]["groups_kept"] == 2
+
+
+def test_torchrun_dynamic_sampling_matches_one(tmp_path, reference_run):
+    """GRPO + dynamic sampling on the warm start (k 1-2: many groups all right, so batches are
+    drawn again): 2 ranks agree on every decision, and equal one process."""
+    config, _ = reference_run
+    overrides = ["--model", "builtin:arith", "--scope", "off", "--judge", "none", "--dynamic-sampling", "filter",
+                 "--max-sample-batches", "3", "--max-steps", "2", "--eval-every", "0", "--lr", "1e-4"]
+    ref = tmp_path / "ref"
+    SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
+    out = tmp_path / "out"
+    r = run(torchrun_train(config, out, *overrides), timeout=150)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    assert any(row["sample_batches"] > 1 for row in ref_rows), "dynamic sampling never drew again: proves nothing"
+    for a, b in zip(rows, ref_rows):
+        for k in ("sample_batches", "groups_drawn", "groups_kept", "rollout_tokens", "reward_mean", "accuracy"):
+            assert a[k] == pytest.approx(b[k], abs=1e-6), k
+    assert max_diff(read_weights(str(out / "checkpoint-2")), read_weights(str(ref / "checkpoint-2"))) < 1e-5
+
+
+# --------------------------------------------------------------------------
+# 9. LoRA under torchrun and across a SIGKILL (the rest: tests/test_lora.py)
+# --------------------------------------------------------------------------
+LORA = ["--lora-r", "4", "--lora-alpha", "8", "--lr", "1e-3", "--eval-every", "0"]
+
+
+def read_adapter(path) -> dict:
+    from safetensors.torch import load_file
+    return load_file(os.path.join(path, "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_torchrun_lora_matches_one(tmp_path, reference_run, parallel):
+    """Adapters on 2 ranks equal 1 process; with beta > 0 the reference is the base model
+    (under FSDP the sharded policy itself, adapters off)."""
+    config, _ = reference_run
+    overrides = [*LORA, "--beta", "0.05", "--max-steps", "2"]
+    ref = tmp_path / "ref"
+    SGPOTrainer(load_config(config, overrides + ["--output", str(ref)])).train()
+    out = tmp_path / "out"
+    r = run(torchrun_train(config, out, *overrides, "--parallel", parallel), timeout=150)
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-4000:])
+    got, want = read_adapter(out / "checkpoint-2"), read_adapter(ref / "checkpoint-2")
+    assert max_diff(got, want) < 1e-5
+    assert max(float(v.abs().max()) for k, v in want.items() if "lora_B" in k) > 1e-4  # it trained
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    for a, b in zip(rows, ref_rows):
+        assert a["kl_mean"] == pytest.approx(b["kl_mean"], rel=1e-4, abs=1e-7)
+
+
+def test_lora_resume_after_sigkill(tmp_path, reference_run):
+    config, _ = reference_run
+    ref = tmp_path / "ref"
+    SGPOTrainer(load_config(config, [*LORA, "--output", str(ref)])).train()
+    out = tmp_path / "out"
+    kill_after_checkpoint(cli_cmd("train", "--config", config, "--output", out, *LORA), out, tmp_path / "log.txt",
+                          timeout=60)
+    r = run(cli_cmd("train", "--config", config, "--output", out, *LORA, "--resume"), timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got, want = read_adapter(out / f"checkpoint-{STEPS}"), read_adapter(ref / f"checkpoint-{STEPS}")
+    print("lora resume: max |w - w_ref| =", max_diff(got, want))
+    assert max_diff(got, want) <= 1e-6

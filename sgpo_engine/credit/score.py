@@ -80,3 +80,22 @@ def score_groups(problems: Sequence[str], groups: Sequence[Sequence], golds: Seq
                        correct_reward=config.correct_reward, incorrect_reward=config.incorrect_reward,
                        verifier=verifier)
     return ScoredGroups(out, sgpo_advantages(out.rewards, out.correct, out.rts, out.group_offsets, config))
+
+
+def select_groups(parts: Sequence[ScoredGroups], keep: Sequence[Sequence[int]], config: CreditConfig
+                  ) -> ScoredGroups:
+    """The groups keep[j] of parts[j], in that order, as one ScoredGroups (dynamic sampling's
+    batch): the outcomes and verdicts as they were, no second judge call; the advantages
+    recomputed over the selection, as adv_scale "batch" needs (per group they are unchanged)."""
+    spans = [(p.rewards, off[g], off[g + 1]) for p, groups in zip(parts, keep)
+             for off in [p.rewards.group_offsets.tolist()] for g in groups]
+    cat = lambda name, empty: torch.cat([getattr(r, name)[a:b] for r, a, b in spans]) if spans else empty
+    rewards, correct = cat("rewards", torch.zeros(0)), cat("correct", torch.zeros(0, dtype=torch.bool))
+    rts = cat("rts", torch.zeros(0))
+    offsets = torch.tensor([0] + [b - a for _, a, b in spans], dtype=torch.int64).cumsum(0)
+    verdicts = [v for r, a, b in spans for v in r.verdicts[a:b]]
+    sizes = {b - a for _, a, b in spans}
+    out = SGPORewards(rewards, correct, rts, offsets, sizes.pop() if len(sizes) == 1 else None, verdicts,
+                      judged=sum(v is not None and not v.failed for v in verdicts),
+                      failed=sum(v is not None and v.is_failure for v in verdicts), scope=config.scope)
+    return ScoredGroups(out, sgpo_advantages(out.rewards, out.correct, out.rts, out.group_offsets, config))

@@ -28,6 +28,9 @@ SWEEP_LRS = (1e-5, 3e-5, 1e-4, 3e-4)
 # middle: credits closer than one step's worth are not blown up to the unit
 # scale of a right-vs-wrong group (whose std is at least 0.35 with 8 samples).
 GUARD_FLOOR = 0.1
+# Dynamic sampling's cap on prompt batches a step (verl's max_num_gen_batches): enough to fill a
+# batch where one prompt in four is informative.
+DS_BATCHES = 4
 ARMS = {
     "grpo": Arm(dict(scope="off"), GRPO_LR, "tab:gray"),
     "sgpo": Arm(dict(scope="all_negative"), 1e-4, "tab:blue"),
@@ -35,6 +38,11 @@ ARMS = {
     "sgpo-guard": Arm(dict(scope="all_negative", credited_std_floor=GUARD_FLOOR), 1e-4, "tab:cyan"),
     "sgpo-prefix-guard": Arm(dict(scope="all_negative", credit_assignment="prefix", credited_std_floor=GUARD_FLOOR),
                              1e-4, "tab:red"),
+    # DAPO's dynamic sampling (train/sampling.py): what practitioners do with all-negative groups today.
+    # Its rate: not swept yet on this machine; GRPO's (the sweep's best for the same update).
+    "grpo-ds": Arm(dict(scope="off", dynamic_sampling="filter", max_sample_batches=DS_BATCHES), GRPO_LR, "tab:green"),
+    "sgpo-prefix-ds": Arm(dict(scope="all_negative", credit_assignment="prefix", dynamic_sampling="filter",
+                               max_sample_batches=DS_BATCHES), 1e-4, "tab:purple"),
 }
 DEMO_ARMS = ("grpo", "sgpo", "sgpo-prefix")  # what `sgpo demo` runs without --arms
 

@@ -3,7 +3,8 @@ learning rate (Arm.lr; `--lr X` puts every arm at X), over several seeds.
 
 Writes OUTPUT/results.json (per arm and seed: the per-step training curves,
 the held-out greedy accuracy every eval_every steps, steps to reach GRPO's
-final held-out accuracy), OUTPUT/demo.png and OUTPUT/<arm>-seed<s>/ (the
+final held-out accuracy; "equal_compute": the arms at equal rollout tokens,
+stats.equal_compute), OUTPUT/demo.png and OUTPUT/<arm>-seed<s>/ (the
 raw training metrics), and prints the table.
 """
 from __future__ import annotations
@@ -16,8 +17,8 @@ from ..train.config import parse_overrides
 from .arms import ARMS, DEMO_ARMS, PROFILES, check_choices
 from .plots import plot_comparison
 from .runs import Job, arm_name, evaluate_warm_start, in_order, make_plan, results_settings, train_runs, write_results
-from .stats import mean_accuracy, summarize
-from .tables import comparison_table, print_results
+from .stats import equal_compute, mean_accuracy, summarize
+from .tables import comparison_table, compute_table, print_results
 
 
 def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: Optional[int] = None,
@@ -41,7 +42,9 @@ def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: O
     summary = summarize(runs, baseline=keys.get("grpo"))
     settings = results_settings(plan, arm_settings, n_seeds)
     path = os.path.join(output, "results.json")
-    results = write_results(path, settings, start_eval, runs, summary, started, name=arm_name)
+    compute = equal_compute(runs, mean_accuracy(start_eval))
+    results = write_results(path, settings, start_eval, runs, summary, started, name=arm_name, equal_compute=compute)
     plot = plot_comparison(runs, settings, os.path.join(output, "demo.png"))
-    print_results(comparison_table(summary, results["heldout_start_accuracy"], settings), path, plot)
+    table = comparison_table(summary, results["heldout_start_accuracy"], settings)
+    print_results(table + ("\n\n" + compute_table(compute) if compute else ""), path, plot)
     return results

@@ -3,15 +3,17 @@ across learning rates. Runs and summaries are keyed by (arm, lr); each arm
 keeps its color (arms.py). Without matplotlib there is no plot (None)."""
 from __future__ import annotations
 
+import statistics
 from typing import Optional
 
 import torch
 
 from ..plotting import pyplot, save
 from .arms import ARMS
-from .stats import SWEEP_TAIL
+from .stats import SWEEP_TAIL, tokens_at
 
-PANELS = (("heldout", "held-out greedy accuracy"), ("accuracy", "rollout accuracy"),
+PANELS = (("heldout", "held-out greedy accuracy"), ("heldout_tokens", "held-out accuracy vs rollout tokens"),
+          ("accuracy", "rollout accuracy"), ("sample_batches", "prompt batches drawn per step"),
           ("all_negative_frac", "all-negative group fraction"), ("correct_prefix_frac", "correct prefix (mean RTS)"),
           ("premature_answer_frac", "premature answers"), ("response_len_mean", "response length (tokens)"))
 
@@ -21,16 +23,17 @@ def plot_comparison(runs: dict, settings: dict, path: str) -> Optional[str]:
     plt = pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7))
     for ax, (curve, title) in zip(axes.flat, PANELS):
         for (arm, _), by_seed in runs.items():
-            steps, series, (mean, lo, hi) = _heldout(by_seed) if curve == "heldout" else _per_step(by_seed, curve)
-            ax.plot(steps, mean, color=ARMS[arm].color, label=arm, marker="o" if curve == "heldout" else None,
-                    markersize=3)
+            held = curve.startswith("heldout")
+            steps, series, (mean, lo, hi) = _heldout(by_seed) if held else _per_step(by_seed, curve)
+            x = _mean_tokens(by_seed, steps) if curve == "heldout_tokens" else steps
+            ax.plot(x, mean, color=ARMS[arm].color, label=arm, marker="o" if held else None, markersize=3)
             if series.shape[0] > 1:
-                ax.fill_between(steps, lo, hi, color=ARMS[arm].color, alpha=0.15)
+                ax.fill_between(x, lo, hi, color=ARMS[arm].color, alpha=0.15)
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
+        ax.set_xlabel("rollout tokens (cumulative, mean over seeds)" if curve == "heldout_tokens" else "step")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=8)
     st = settings
@@ -44,6 +47,11 @@ def _heldout(by_seed: dict) -> tuple:
     steps = [p[0] for p in next(iter(by_seed.values()))["heldout"]]
     series = torch.tensor([[p[1] for p in r["heldout"]] for r in by_seed.values()], dtype=torch.float64)
     return steps, series, (series.mean(0).tolist(), series.min(0).values.tolist(), series.max(0).values.tolist())
+
+
+def _mean_tokens(by_seed: dict, steps: list) -> list:
+    """The mean over seeds of the cumulative rollout tokens at each of `steps`."""
+    return [statistics.fmean(tokens_at(r, s) for r in by_seed.values()) for s in steps]
 
 
 def _per_step(by_seed: dict, curve: str) -> tuple:

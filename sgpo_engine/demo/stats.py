@@ -96,3 +96,63 @@ def best_rates(scores: dict) -> dict:
         if arm not in best or score > scores[best[arm]]:
             best[arm] = key
     return best
+
+
+# ---------------------------------------------------------------------- at equal compute
+BASELINES = ("grpo", "grpo-ds")  # what SGPO is measured against: plain GRPO, and GRPO + dynamic sampling
+CLEAR_MARGIN = 0.05              # a baseline that ends less than this above the warm start "did not move"
+FIXED_TARGET_GAIN = 0.1          # ...and then the target is the warm start + this
+TARGET_RULE = (f"the target is the final held-out accuracy of the stronger baseline ({' or '.join(BASELINES)}) "
+               f"when it ends at least {CLEAR_MARGIN} above the warm start; else the warm start + "
+               f"{FIXED_TARGET_GAIN} (a baseline that never moves would make 'tokens to reach it' measure noise)")
+
+
+def tokens_at(record: dict, step: int, curve: str = "rollout_tokens_total") -> float:
+    """A run's cumulative tokens after `step` steps (0 at step 0)."""
+    return 0.0 if step == 0 else float(record["steps"][curve][step - 1] or 0)
+
+
+def tokens_to_reach(record: dict, target: float, curve: str = "rollout_tokens_total") -> Optional[float]:
+    """The cumulative tokens at the first evaluation whose held-out accuracy is >= target (None: never)."""
+    step = steps_to_reach(record["heldout"], target)
+    return None if step is None else tokens_at(record, step, curve)
+
+
+def accuracy_at_budget(record: dict, budget: float) -> float:
+    """Held-out accuracy at the last evaluation the run reached within `budget` rollout tokens."""
+    within = [acc for step, acc in record["heldout"] if tokens_at(record, step) <= budget + 1e-9]
+    return within[-1]
+
+
+def equal_compute(runs: dict, start_accuracy: float) -> dict:
+    """The arms at equal rollout compute: the target (TARGET_RULE), each arm's rollout tokens
+    (and rollout + judge-read tokens) to reach it per seed, their mean as a ratio of the
+    baseline's, and every arm's held-out accuracy at the budget the cheapest arm spent."""
+    by_arm = {key[0]: by_seed for key, by_seed in runs.items()}
+    present = [b for b in BASELINES if b in by_arm]
+    if not present:
+        return {}
+    finals = {b: statistics.fmean(r["heldout_end_accuracy"] for r in by_arm[b].values()) for b in present}
+    baseline = max(present, key=lambda b: finals[b])
+    moved = finals[baseline] >= start_accuracy + CLEAR_MARGIN
+    target = finals[baseline] if moved else start_accuracy + FIXED_TARGET_GAIN
+    budget = min(tokens_at(r, len(r["steps"]["accuracy"])) for by_seed in by_arm.values() for r in by_seed.values())
+    out = {"rule": TARGET_RULE, "baseline": baseline, "baseline_moved": moved, "target_accuracy": target,
+           "equal_budget_rollout_tokens": budget, "arms": {}}
+    for arm, by_seed in by_arm.items():
+        reach = [tokens_to_reach(r, target) for r in by_seed.values()]
+        with_judge = [None if t is None else t + tokens_to_reach(r, target, "judge_read_tokens_total")
+                      for t, r in zip(reach, by_seed.values())]
+        acc, sd = mean_std([accuracy_at_budget(r, budget) for r in by_seed.values()])
+        out["arms"][arm] = {"rollout_tokens_to_reach": reach, "rollout_and_judge_tokens_to_reach": with_judge,
+                            "accuracy_at_equal_budget": acc, "accuracy_at_equal_budget_std": sd,
+                            "final_accuracy_ratio": (statistics.fmean(r["heldout_end_accuracy"] for r in
+                                                                      by_seed.values()) / finals[baseline]
+                                                     if finals[baseline] else None)}
+    base_reach = out["arms"][baseline]["rollout_tokens_to_reach"]
+    for arm, v in out["arms"].items():
+        got = v["rollout_tokens_to_reach"]
+        v["tokens_ratio_vs_baseline"] = (statistics.fmean(got) / statistics.fmean(base_reach)
+                                         if None not in got and None not in base_reach and statistics.fmean(base_reach)
+                                         else None)
+    return out

@@ -35,6 +35,33 @@ def comparison_table(summary: dict, start_accuracy: float, settings: dict) -> st
     return "\n".join(rows)
 
 
+def compute_table(c: dict) -> str:
+    """The arms at equal rollout compute (stats.equal_compute)."""
+    w = max(12, *(len(a) for a in c["arms"]))
+    rows = [f"at equal rollout compute: target {c['target_accuracy']:.3f} "
+            f"({'the final accuracy of ' + c['baseline'] if c['baseline_moved'] else 'warm start + gain: ' + c['baseline'] + ' did not move'})",
+            f"{'arm':{w}s} {'acc @ ' + _tokens(c['equal_budget_rollout_tokens']):>16s} {'rollout tok to target':>22s} "
+            f"{'+ judge read':>13s} {'vs ' + c['baseline']:>12s}"]
+    for arm, v in c["arms"].items():
+        ratio = v["tokens_ratio_vs_baseline"]
+        rows.append(f"{arm:{w}s} {v['accuracy_at_equal_budget']:9.3f} ± {v['accuracy_at_equal_budget_std']:.3f} "
+                    f"{_reach_tokens(v['rollout_tokens_to_reach']):>22s} "
+                    f"{_reach_tokens(v['rollout_and_judge_tokens_to_reach']):>13s} "
+                    f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>12s}")
+    rows.append(f"(rule: {c['rule']}; 'acc @ N': held-out accuracy at the last evaluation within N rollout tokens, "
+                "the cheapest arm's whole run; tokens: mean over the seeds that reached the target)")
+    return "\n".join(rows)
+
+
+def _tokens(n: float) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.0f}k"
+
+
+def _reach_tokens(reach: list) -> str:
+    got = [x for x in reach if x is not None]
+    return f"{_tokens(sum(got) / len(got)) if got else '-'} ({len(got)}/{len(reach)})"
+
+
 def _reach_cell(v: dict) -> str:
     """Mean steps to reach over the seeds that reached it, and how many did: "40 (2/3)"."""
     got = sum(x is not None for x in v["steps_to_reach"])

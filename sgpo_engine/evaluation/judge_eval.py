@@ -57,7 +57,7 @@ def read_items(path: str, step_mode) -> list[LabelledItem]:
     """The labelled rows of `path` (JSONL or Parquet; module docstring); a bad row is a
     ValueError naming the file, line and field."""
     from ..tasks.dataset import read_rows
-    items = [_item(row, where, step_mode) for where, row in read_rows(path)]
+    items = [_item(row, where, step_mode) for where, row in read_rows(path, "--data")]
     if not items:
         raise ValueError(f"{path}: no items")
     return items

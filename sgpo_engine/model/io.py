@@ -234,9 +234,10 @@ def _fsync_tree(folder: str) -> None:
     fsync_dir(folder)
 
 
-def _write_checkpoint(policy, folder: str, max_shard_size: int) -> None:
+def _write_checkpoint(policy, folder: str, max_shard_size: int, state: Optional[dict]) -> None:
     from safetensors.torch import save_file
-    state = {k: v.detach().to("cpu").contiguous() for k, v in policy.state_dict().items()}  # [*] per tensor
+    state = policy.state_dict() if state is None else state
+    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}  # [*] per tensor
     metadata = {"format": "pt"}  # transformers refuses safetensors files without it
     shards = _shards(state, max_shard_size)
     if len(shards) == 1:
@@ -263,10 +264,12 @@ def _write_checkpoint(policy, folder: str, max_shard_size: int) -> None:
         policy.tokenizer.save(folder)
 
 
-def save(policy, path: str | os.PathLike, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> None:
+def save(policy, path: str | os.PathLike, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
+         state: Optional[dict] = None) -> None:
     """Writes `policy` (a Policy) as a Hugging Face folder: model.safetensors (sharded with
     an index above max_shard_size), config.json (with the current dtype),
-    generation_config.json, and the tokenizer files.
+    generation_config.json, and the tokenizer files. state: the tensors to write
+    (default policy.state_dict(); a LoRA policy gives its merged weights).
 
     The folder is written next to `path` under a temporary name, flushed, then
     renamed into place; an existing folder at `path` is replaced as a whole.
@@ -281,7 +284,7 @@ def save(policy, path: str | os.PathLike, max_shard_size: int | str = DEFAULT_MA
     tmp = os.path.join(parent, f".{name}.tmp-{tag}")
     os.mkdir(tmp)
     try:
-        _write_checkpoint(policy, tmp, limit)
+        _write_checkpoint(policy, tmp, limit, state)
         _fsync_tree(tmp)
         if os.path.exists(path):
             old = os.path.join(parent, f".{name}.old-{tag}")

@@ -9,6 +9,7 @@ import torch
 from .config import ModelConfig, parse_dtype
 from .decoder import AttentionFn, Decoder
 from .io import read_folder, save
+from .lora import has_lora, merged_state_dict
 from .tokenizer import Tokenizer
 
 
@@ -53,8 +54,10 @@ class Policy:
 
     # ------------------------------------------------------------------
     def save(self, path: str | os.PathLike, **kwargs) -> None:
-        """Writes this policy as a Hugging Face folder (see io.save for max_shard_size)."""
-        save(self, path, **kwargs)
+        """Writes this policy as a Hugging Face folder (see io.save for max_shard_size); with
+        LoRA adapters, the merged model (lora.merged_state_dict; lora.save_adapter writes the
+        adapters alone)."""
+        save(self, path, state=merged_state_dict(self) if has_lora(self) else None, **kwargs)
 
     def to(self, *args, **kwargs) -> "Policy":
         """Like nn.Module.to (device and/or dtype; dtype strings such as 'bf16' allowed). Returns self."""
@@ -73,7 +76,8 @@ class Policy:
         return self.decoder.named_parameters()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """transformers-named tensors (lm_head.weight absent when tied)."""
+        """transformers-named tensors (lm_head.weight absent when tied); with LoRA adapters,
+        theirs too (<module>.lora_A.weight, .lora_B.weight)."""
         return self.decoder.state_dict()
 
     def train(self, mode: bool = True) -> "Policy":

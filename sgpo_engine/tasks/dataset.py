@@ -27,10 +27,11 @@ def _check_prompt(prompt, where: str):
                      "{'role': str, 'content': str} messages")
 
 
-def read_rows(path: str) -> list[tuple[str, dict]]:
-    """[(where, row)] from a .jsonl or .parquet file; `where` names the line or row."""
+def read_rows(path: str, what: str = "dataset") -> list[tuple[str, dict]]:
+    """[(where, row)] from a .jsonl or .parquet file; `where` names the line or row, `what` the
+    setting that named the file (for the error when there is none)."""
     if not os.path.isfile(path):
-        raise ValueError(f"dataset: no such file {path}")
+        raise ValueError(f"{what}: no such file {path}")
     if path.endswith(".parquet"):
         try:
             import pyarrow.parquet as pq

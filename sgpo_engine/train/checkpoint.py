@@ -1,5 +1,6 @@
 """Checkpoints: OUTPUT/checkpoint-STEP/ holds the model in HF layout (so
-transformers and vLLM load it as is) and trainer_state.pt (optimizer,
+transformers and vLLM load it as is; with LoRA, the adapters alone in PEFT's
+format, which peft.PeftModel.from_pretrained and `sgpo merge` read) and trainer_state.pt (optimizer,
 scheduler, RNG states, step / data position); under FSDP the optimizer state
 is in optimizer/, sharded (torch.distributed.checkpoint), instead.
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from ..model.files import fsync_dir
+from ..model.lora import has_lora, save_adapter
 
 STATE_FILE = "trainer_state.pt"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
@@ -53,7 +55,10 @@ def begin_checkpoint(output: str, step: int, policy) -> str:
     optimizer) may go there before finish_checkpoint."""
     tmp = temp_path(output, step)
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save(tmp)  # the model files (itself written atomically)
+    if has_lora(policy):
+        save_adapter(policy, tmp, base_model=getattr(policy, "base_model_path", None))
+    else:
+        policy.save(tmp)  # the model files (itself written atomically)
     return tmp
 
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 from .. import options
 from ..judge.registry import check_judge, judge_names
+from ..model.lora import ALL_LINEARS, LoRAConfig
 from ..options import CREDIT, CreditConfig
 from ..tasks.builtin import BUILTIN  # the built-in task's (and its model's) name
 
@@ -90,6 +91,9 @@ class TrainConfig:
     credited_std_floor: float = CREDIT.credited_std_floor  # adv_scale group: a credited group divides by at
                                          # least this std (0: off)
     filter_zero_std_groups: bool = False  # drop groups whose rewards are all equal
+    dynamic_sampling: str = "off"        # filter: DAPO's dynamic sampling, draw prompt batches until
+                                         # prompts_per_step informative groups (train/sampling.py)
+    max_sample_batches: int = 4          # dynamic_sampling: at most this many batches a step
     credit_assignment: str = CREDIT.credit_assignment  # sequence (published SGPO) | prefix (judged steps only)
 
     # ---- [loss]
@@ -120,6 +124,14 @@ class TrainConfig:
     eval_max_new_tokens: int = 0         # 0: max_new_tokens
     eval_group_field: str = ""           # a held-out row field to break the metrics down by (e.g. level, source)
     eval_at_start: bool = True           # with eval_every: evaluate before the first step too (the curve's start)
+
+    # ---- [lora]
+    lora_r: int = 0                      # LoRA rank (0: off, full fine-tuning); LoRA wants about 10x the full
+                                         # fine-tune's lr (Schulman et al. 2025, "LoRA Without Regret")
+    lora_alpha: float = 16.0             # the update is scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.0
+    lora_target_modules: list = field(default_factory=lambda: list(ALL_LINEARS))  # short names of the
+                                         # linears to adapt (default: every linear of attention and MLP)
 
     # ---- [optim]
     lr: float = 1e-4
@@ -164,12 +176,12 @@ class TrainConfig:
                        adv_scale=options.SCALES, loss_type=options.LOSS_TYPES,
                        importance_sampling_level=options.IS_LEVELS, lr_schedule=("cosine", "constant"),
                        rollout_sync=("disk", "none"), rollout_is=options.ROLLOUT_IS, parallel=("ddp", "fsdp"),
-                       update_layout=options.UPDATE_LAYOUTS,
+                       update_layout=options.UPDATE_LAYOUTS, dynamic_sampling=("off", "filter"),
                        dtype=("float32", "bfloat16", "float16"))
         for name, allowed in choices.items():
             options.check_choice(f"config field '{name}'", getattr(self, name), allowed)
         positive = ("prompts_per_step", "num_samples", "max_new_tokens", "micro_batch_size", "micro_batch_tokens", "mu",
-                    "max_steps",
+                    "max_steps", "max_sample_batches",
                     "save_every", "keep_checkpoints", "judge_concurrency", "judge_max_tokens")
         for name in positive:
             if getattr(self, name) < 1:
@@ -192,6 +204,10 @@ class TrainConfig:
         if self.rollout == "openai" and not (self.rollout_url and self.rollout_model):
             raise ValueError("config fields 'rollout_url' and 'rollout_model' are required with rollout = 'openai'")
         self._validate_eval()
+        if self.lora_r < 0:
+            raise ValueError(f"config field 'lora_r': expected >= 0 (0: off), got {self.lora_r}")
+        if self.lora_r:
+            self.lora_config()
         spec = check_judge(self.judge, self.judge_options(), "config field 'judge'",
                            lambda o: f"config field '{JUDGE_OPTION_FIELDS[o]}'")
         if self.judge == "builtin" and self.dataset != BUILTIN:
@@ -213,6 +229,12 @@ class TrainConfig:
         if self.eval_dataset and not os.path.isfile(self.eval_dataset):
             raise ValueError(f"config field 'eval_dataset': no such file {self.eval_dataset}")
         self.eval_settings()
+
+    def lora_config(self) -> LoRAConfig:
+        """The adapters of config fields lora_* (model/lora.py), checked."""
+        return LoRAConfig(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                          target_modules=list(self.lora_target_modules)).validated(
+            lambda f: f"config field 'lora_{'r' if f == 'r' else f}'")
 
     def eval_settings(self):
         """How the held-out problems are sampled (evaluation.EvalSettings): the eval fields, the

@@ -85,8 +85,6 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
         "lr": update.lr,
         **update.rollout_is,
         "response_len_mean": g["response_tokens"] / n,
-        "rollout_tokens": int(g["response_tokens"]),  # generated this step, every rank
-        "rollout_tokens_per_s": g["response_tokens"] / max(times.rollout, 1e-9),
         "train_tokens_per_s": g["update_positions"] / max(times.update, 1e-9),
         # what the update's layout cost: decoder positions, and the share of them spent beyond
         # computing each token once (padding, repeated prompts; train/batch.py)
@@ -100,6 +98,30 @@ def step_metrics(step: int, g: dict[str, float], update, times: Timings, prefix_
     if prefix_credit:  # judged responses whose steps did not map onto tokens
         m["credit_fallbacks"] = int(g["credit_fallbacks"])
     return m
+
+
+TOTALS = ("rollout_tokens", "judge_calls", "judge_read_tokens", "update_positions")
+
+
+def new_totals() -> dict[str, int]:
+    return dict.fromkeys(TOTALS, 0)
+
+
+def compute_metrics(drawn: dict[str, float], g: dict[str, float], batches: int, times: Timings,
+                    totals: dict[str, int]) -> dict:
+    """What the step cost, over all ranks, and since step 0 (`totals`, updated in place):
+    rollout tokens generated (dynamic sampling's thrown-away batches included), judge calls
+    and the tokens the judge read (sampling.draw_sums), decoder positions of the update;
+    and dynamic sampling's count of batches and groups drawn and kept."""
+    step = {"rollout_tokens": int(drawn["drawn_tokens"]), "judge_calls": int(drawn["judge_calls"]),
+            "judge_read_tokens": int(drawn["judge_read_tokens"]), "update_positions": int(g["update_positions"])}
+    for k, v in step.items():
+        totals[k] += v
+    return {"rollout_tokens": step["rollout_tokens"], "judge_calls": step["judge_calls"],
+            "judge_read_tokens": step["judge_read_tokens"],
+            **{f"{k}_total": v for k, v in totals.items()},
+            "rollout_tokens_per_s": drawn["drawn_tokens"] / max(times.rollout, 1e-9),
+            "sample_batches": batches, "groups_drawn": int(drawn["drawn_groups"]), "groups_kept": int(g["groups"])}
 
 
 def progress_line(m: dict, max_steps: int) -> str:

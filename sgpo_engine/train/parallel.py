@@ -139,7 +139,8 @@ class FSDP(SingleProcess):
         fsdp.shard(policy.decoder, policy.device)
 
     def prepare_reference(self, ref):
-        fsdp.shard(ref.decoder, self.policy.device)
+        if not getattr(ref, "shares_policy_weights", False):  # LoRA's is the (sharded) policy itself
+            fsdp.shard(ref.decoder, self.policy.device)
         return ref
 
     def micro_batches(self, micro: list[torch.Tensor]) -> list[Optional[torch.Tensor]]:
