@@ -2,12 +2,13 @@
 against TRL + PEFT, rollouts with the adapters unmerged against a merged copy,
 and the memory model of a 7B / 8B, one run.
 
-    python bench/bench_lora.py                  # SmolLM2-135M and a 0.5B-shaped random model (~40 min, 2 CPU cores)
+    python bench/bench_lora.py                  # SmolLM2-135M and a 0.5B-shaped random model (~30 min, 2 CPU cores)
     python bench/bench_lora.py --only rollout   # train | rollout | memory, comma-separated
     python bench/bench_lora.py --quick          # smaller sizes, a smoke run
 
 1. train: a GRPO step on GSM8K questions in the chat template (bench_train.py,
-   one engine per process so each peak RSS is its own): ours full fine-tuning,
+   one engine per process so each peak RSS is its own; one untimed step, then
+   one timed): ours full fine-tuning,
    ours LoRA r 8 and r 64, TRL's GRPOTrainer + PEFT at r 8 and r 64 (the 0.5B: r 8; alpha 2r,
    every linear of attention and MLP, dropout 0, lr 1e-6, fp32, no KL, no
    checkpointing). Per run: step and update seconds, peak RSS, and the
@@ -217,7 +218,7 @@ def main(argv=None):
         if "train" in parts:
             ranks = (8,) if q else (8, 64)
             report["train"] = {"smollm2": bench_train(args.model, "SmolLM2-135M-Instruct", 4, 4, 16 if q else 128,
-                                                      1 if q else 2, tmp, ranks, trl=True)}
+                                                      1, tmp, ranks, trl=True)}
             if not args.no_half_b and not q:
                 half = random_half_b(args.model, os.path.join(os.path.dirname(DEFAULT_MODEL), "random-0.5b"))
                 report["train"]["random_0.5b"] = bench_train(half, "0.5B-shaped, random weights", 2, 4, 64, 1, tmp,

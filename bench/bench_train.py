@@ -331,7 +331,8 @@ def main(argv=None):
         args.task = make_task(argparse.Namespace(dataset=args.dataset, task_min_ops=args.min_ops,
                                                  task_max_ops=args.max_ops, seed=args.seed,
                                                  prompt_field=args.prompt_field, answer_field="answer",
-                                                 reference_field="reference"))
+                                                 reference_field="reference", eval_dataset="",
+                                                 eval_group_field=""))
         src = args.task.source()
         prompts_by_step = [src.batch(s, args.prompts) for s in range(args.warmup + args.steps)]
         engines = args.engines.split(",") if args.engines else \

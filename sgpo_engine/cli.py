@@ -118,7 +118,8 @@ def _demo(args, overrides) -> int:
     from .demo import run_demo
     run_demo(output=args.output, quick=args.quick, full=args.full, seeds=args.seeds, overrides=overrides,
              jobs=args.jobs, sweep=args.sweep, arms=args.arms.split(",") if args.arms else None,
-             regime=args.regime, lrs=[float(x) for x in args.lrs.split(",")] if args.lrs else None)
+             regime=args.regime, lrs=[float(x) for x in args.lrs.split(",")] if args.lrs else None,
+             reuse=args.reuse)
     return 0
 
 
@@ -222,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "sgpo-guard, sgpo-prefix-guard (with the phantom-gradient guard)")
     d.add_argument("--sweep", action="store_true", help="each arm at each learning rate of the sweep (one seed)")
     d.add_argument("--lrs", default=None, help="comma-separated learning rates for --sweep (default: 1e-5,3e-5,1e-4,3e-4)")
+    d.add_argument("--reuse", default=None, help="an earlier results.json: its runs of the same settings, arm and "
+                   "rate are kept, the others trained (e.g. docs/demo/results.json beside a new arm)")
     d.add_argument("--regime", default="default", choices=("default", "hard"),
                    help="hard: chains of 13-16 operations, longer than the warm start has seen")
     d.set_defaults(func=_demo, overrides_ok=True)

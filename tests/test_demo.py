@@ -94,9 +94,10 @@ def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
 
 def test_shipped_sweep_is_reused_by_a_full_sweep(capsys):
     """docs/demo/sweep.json holds every arm at every rate of `sgpo demo --full --sweep`:
-    run again in that folder, the sweep would train nothing."""
+    run again in that folder, the sweep would train nothing but the dynamic-sampling arms
+    (not swept yet: they train at the rates of the arms they extend, arms.py)."""
     plan = make_plan("unused", "full", "default", [], SWEEP_EVAL_EVERY["full"])
-    keys = [(arm, lr) for arm in ARMS for lr in SWEEP_LRS]
+    keys = [(arm, lr) for arm in ARMS for lr in SWEEP_LRS if not arm.endswith("-ds")]
     got = earlier_runs(str(SHIPPED_SWEEP), results_settings(plan, {}, seeds=1), keys)
     assert sorted(got) == sorted(keys) and all(set(by_seed) == {"0"} for by_seed in got.values())
     assert "reusing 20 run(s)" in capsys.readouterr().err
@@ -129,3 +130,38 @@ def test_demo_unknown_arm_is_a_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "arms: unknown ppo" in err and "sgpo-prefix" in err
     assert not any(tmp_path.iterdir())  # nothing ran
+
+
+def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
+    """GRPO + dynamic sampling draws more rollouts a step; the equal-compute block compares the
+    arms on rollout tokens, with the target rule written down."""
+    first = tmp_path / "grpo"
+    assert cli.main(["demo", "--quick", "--arms", "grpo", "--output", str(first)]) == 0
+    # beside the earlier run: only the new arm trains (--reuse), the rollout-token curve of the
+    # earlier record is made from its response lengths
+    old = json.loads((first / "results.json").read_text())["runs"]["grpo"]["0"]
+    measured = old["steps"].pop("rollout_tokens_total")
+    path = first / "results.json"
+    earlier = json.loads(path.read_text())
+    earlier["runs"]["grpo"]["0"] = old
+    path.write_text(json.dumps(earlier))
+    out = tmp_path / "ds"
+    assert cli.main(["demo", "--quick", "--arms", "grpo,grpo-ds", "--reuse", str(path), "--output", str(out)]) == 0
+    assert not (out / "grpo-seed0").exists() and (out / "grpo-ds-seed0").exists()
+    res = json.loads((out / "results.json").read_text())
+    assert res["runs"]["grpo"]["0"]["heldout"] == old["heldout"]
+    assert res["runs"]["grpo"]["0"]["steps"]["rollout_tokens_total"] == measured  # made again, exactly
+    runs = {arm: by_seed["0"] for arm, by_seed in res["runs"].items()}
+    tokens = {arm: r["steps"]["rollout_tokens_total"] for arm, r in runs.items()}
+    assert all(t == sorted(t) and t[0] > 0 for t in tokens.values())  # cumulative
+    assert max(runs["grpo-ds"]["steps"]["sample_batches"]) > 1 and set(runs["grpo"]["steps"]["sample_batches"]) == {1}
+    assert tokens["grpo-ds"][-1] > tokens["grpo"][-1]
+    c = res["equal_compute"]
+    assert c["rule"].startswith("the target is") and c["baseline"] in ("grpo", "grpo-ds")
+    assert c["equal_budget_rollout_tokens"] == min(t[-1] for t in tokens.values())
+    for arm, v in c["arms"].items():
+        assert 0 <= v["accuracy_at_equal_budget"] <= 1 and len(v["rollout_tokens_to_reach"]) == 1
+    printed = capfd.readouterr()
+    assert "at equal rollout compute" in printed.out and "rollout tok to target" in printed.out
+    # a line per evaluation of each run, as it trains
+    assert "[grpo-ds seed 0] step 2: held-out accuracy" in printed.err

@@ -143,7 +143,7 @@ def test_trainer_evaluates_a_dataset_and_resumes_on_the_same_subset(tmp_path, ar
     # a resumed run: the same subset, the same cumulative token count
     resumed = SGPOTrainer(TrainConfig(**{**cfg.__dict__, "resume": True, "max_steps": 4}), verifier=arith_verify)
     assert [e.prompt for e in resumed.heldout] == subset and resumed.step == 3
-    assert resumed.rollout_tokens_total == history[-1]["rollout_tokens_total"]
+    assert resumed.totals["rollout_tokens"] == history[-1]["rollout_tokens_total"]
     with pytest.raises(ValueError, match="config field 'eval_dataset'"):
         TrainConfig(**{**cfg.__dict__, "eval_dataset": ""}).validate()
 

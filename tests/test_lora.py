@@ -210,6 +210,12 @@ def test_trainer_trains_only_the_adapters(tmp_path):
             assert torch.equal(v, base[k]), k  # the base never moves
     state_sizes = sum(t.numel() for s in trainer.optimizer.state.values() for t in s.values() if t.dim())
     assert state_sizes == 2 * sum(p.numel() for p in lora)  # AdamW's two moments, adapters only
+    # rollouts sample from a merged copy (no adapters, the same function), refreshed each step
+    sampler = trainer._sampling_policy(trainer.step)
+    assert sampler is not trainer.policy and not any(".lora_" in k for k in sampler.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(sampler.logits(IDS), trainer.policy.logits(IDS), rtol=1e-5, atol=1e-5)
+    assert trainer._sampling_policy(trainer.step) is sampler  # once a step, into the same tensors
     ckpt = tmp_path / "out" / "checkpoint-2"
     assert sorted(os.listdir(ckpt)) == ["adapter_config.json", "adapter_model.safetensors", "trainer_state.pt"]
     # `sgpo merge` gives the trained policy as an HF folder

@@ -16,7 +16,8 @@ table says so.
 Two commands:
 
     compare.py  `sgpo demo`: each arm at its own rate, several seeds
-                (results.json, demo.png, a table)
+                (results.json, demo.png, a table); `--reuse FILE` keeps an
+                earlier comparison's runs of the same settings
     sweep.py    `sgpo demo --sweep`: each arm at each rate, one seed, ranked by
                 rollout accuracy (sweep.json, sweep.png, a table); reuses an
                 earlier sweep's runs
@@ -42,12 +43,13 @@ __all__ = ["run_demo", "run_comparison", "run_sweep"]
 def run_demo(output: str = "runs/demo", quick: bool = False, full: bool = False, seeds: Optional[int] = None,
              overrides: Sequence[str] = (), jobs: Optional[int] = None, sweep: bool = False,
              arms: Optional[Sequence[str]] = None, regime: str = "default",
-             lrs: Optional[Sequence[float]] = None) -> dict:
+             lrs: Optional[Sequence[float]] = None, reuse: Optional[str] = None) -> dict:
     """`sgpo demo` as cli.py calls it: the comparison, or with `sweep` the
-    learning-rate sweep (lrs: its grid), at the quick, default or full profile."""
+    learning-rate sweep (lrs: its grid), at the quick, default or full profile.
+    reuse: an earlier comparison's results.json whose runs of the same settings are kept."""
     profile = "quick" if quick else "full" if full else "default"
     if sweep:
         return run_sweep(output=output, profile=profile, seeds=seeds, overrides=overrides, jobs=jobs, arms=arms,
                          regime=regime, lrs=lrs)
     return run_comparison(output=output, profile=profile, seeds=seeds, overrides=overrides, jobs=jobs, arms=arms,
-                          regime=regime)
+                          regime=regime, reuse=reuse)

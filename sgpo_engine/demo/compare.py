@@ -9,6 +9,7 @@ raw training metrics), and prints the table.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Optional, Sequence
@@ -16,16 +17,19 @@ from typing import Optional, Sequence
 from ..train.config import parse_overrides
 from .arms import ARMS, DEMO_ARMS, PROFILES, check_choices
 from .plots import plot_comparison
-from .runs import Job, arm_name, evaluate_warm_start, in_order, make_plan, results_settings, train_runs, write_results
-from .stats import equal_compute, mean_accuracy, summarize
+from .runs import (Job, arm_name, evaluate_warm_start, in_order, log, make_plan, results_settings, train_runs,
+                   write_results)
+from .stats import equal_compute, mean_accuracy, summarize, with_rollout_tokens
+from .sweep import earlier_runs
 from .tables import comparison_table, compute_table, print_results
 
 
 def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: Optional[int] = None,
                    overrides: Sequence[str] = (), jobs: Optional[int] = None, arms: Optional[Sequence[str]] = None,
-                   regime: str = "default") -> dict:
+                   regime: str = "default", reuse: Optional[str] = None) -> dict:
     """Trains each arm (default DEMO_ARMS) for `seeds` seeds (default: the
-    profile's); returns what results.json holds."""
+    profile's); returns what results.json holds. reuse: an earlier results.json;
+    its runs of an arm at the same rate and settings are taken instead of trained."""
     check_choices(arms, regime)
     prof = PROFILES[profile]
     plan = make_plan(output, profile, regime, overrides, prof["eval_every"])
@@ -36,11 +40,12 @@ def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: O
     n_seeds = seeds or prof["seeds"]
     os.makedirs(output, exist_ok=True)
     started = time.perf_counter()
-    start_eval = evaluate_warm_start(plan)
-    todo = [Job(keys[a], a, arm_settings[a], s) for s in range(n_seeds) for a in arm_settings]
-    runs = in_order(train_runs(plan, todo, mean_accuracy(start_eval), jobs))
-    summary = summarize(runs, baseline=keys.get("grpo"))
     settings = results_settings(plan, arm_settings, n_seeds)
+    start_eval = evaluate_warm_start(plan)
+    kept = reused_runs(reuse, settings, keys.values(), n_seeds) if reuse else {}
+    todo = [Job(keys[a], a, arm_settings[a], s) for s in range(n_seeds) for a in arm_settings if keys[a] not in kept]
+    runs = in_order({**kept, **train_runs(plan, todo, mean_accuracy(start_eval), jobs)})
+    summary = summarize(runs, baseline=keys.get("grpo"))
     path = os.path.join(output, "results.json")
     compute = equal_compute(runs, mean_accuracy(start_eval))
     results = write_results(path, settings, start_eval, runs, summary, started, name=arm_name, equal_compute=compute)
@@ -48,3 +53,19 @@ def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: O
     table = comparison_table(summary, results["heldout_start_accuracy"], settings)
     print_results(table + ("\n\n" + compute_table(compute) if compute else ""), path, plot)
     return results
+
+
+def reused_runs(path: str, settings: dict, keys, seeds: int) -> dict:
+    """An earlier comparison's runs ({(arm, lr): {seed: record}}) of these keys with every seed,
+    when its settings equal these (the arms and the seed count aside; sweep.earlier_runs: a run
+    is a seed's whatever else ran beside it). Records written before the rollout-token curve
+    existed get it from their response lengths (exact without dynamic sampling: every response
+    was generated once)."""
+    with open(path) as f:
+        their_seeds = json.load(f)["settings"]["seeds"]
+    old = earlier_runs(path, {**settings, "seeds": their_seeds}, list(keys))
+    P, G = settings["prompts_per_step"], settings["num_samples"]
+    kept = {k: {seed: with_rollout_tokens(r, P * G) for seed, r in old[k].items()}
+            for k in keys if k in old and len(old[k]) >= seeds}
+    log(f"{path}: reusing {', '.join(k[0] for k in kept) or 'no'} run(s)")
+    return kept

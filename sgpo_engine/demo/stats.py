@@ -107,9 +107,26 @@ TARGET_RULE = (f"the target is the final held-out accuracy of the stronger basel
                f"{FIXED_TARGET_GAIN} (a baseline that never moves would make 'tokens to reach it' measure noise)")
 
 
-def tokens_at(record: dict, step: int, curve: str = "rollout_tokens_total") -> float:
-    """A run's cumulative tokens after `step` steps (0 at step 0)."""
-    return 0.0 if step == 0 else float(record["steps"][curve][step - 1] or 0)
+def with_rollout_tokens(record: dict, responses_per_step: int) -> dict:
+    """A record with the cumulative rollout-token curve, made from its mean response length
+    where it has none (written before the curve existed, by a run without dynamic sampling:
+    each response generated once, one prompt batch a step)."""
+    steps = dict(record["steps"])
+    if "rollout_tokens_total" not in steps:
+        total, steps["rollout_tokens_total"] = 0.0, []
+        for length in steps["response_len_mean"]:
+            total += (length or 0.0) * responses_per_step
+            steps["rollout_tokens_total"].append(round(total))
+    steps.setdefault("sample_batches", [1] * len(steps["response_len_mean"]))
+    return {**record, "steps": steps}
+
+
+def tokens_at(record: dict, step: int, curve: str = "rollout_tokens_total") -> Optional[float]:
+    """A run's cumulative tokens after `step` steps (0 at step 0; None: the run has no such curve)."""
+    if step == 0:
+        return 0.0
+    values = record["steps"].get(curve)
+    return None if not values or values[step - 1] is None else float(values[step - 1])
 
 
 def tokens_to_reach(record: dict, target: float, curve: str = "rollout_tokens_total") -> Optional[float]:
@@ -126,8 +143,10 @@ def accuracy_at_budget(record: dict, budget: float) -> float:
 
 def equal_compute(runs: dict, start_accuracy: float) -> dict:
     """The arms at equal rollout compute: the target (TARGET_RULE), each arm's rollout tokens
-    (and rollout + judge-read tokens) to reach it per seed, their mean as a ratio of the
-    baseline's, and every arm's held-out accuracy at the budget the cheapest arm spent."""
+    (and rollout + judge-read tokens) to reach it per seed, their mean as a share of the
+    rollout tokens of the baseline's whole run (with which it reached its final accuracy; a
+    seed that never reached the target leaves the share undefined), and every arm's held-out
+    accuracy at the budget the cheapest arm spent."""
     by_arm = {key[0]: by_seed for key, by_seed in runs.items()}
     present = [b for b in BASELINES if b in by_arm]
     if not present:
@@ -141,18 +160,18 @@ def equal_compute(runs: dict, start_accuracy: float) -> dict:
            "equal_budget_rollout_tokens": budget, "arms": {}}
     for arm, by_seed in by_arm.items():
         reach = [tokens_to_reach(r, target) for r in by_seed.values()]
-        with_judge = [None if t is None else t + tokens_to_reach(r, target, "judge_read_tokens_total")
-                      for t, r in zip(reach, by_seed.values())]
+        judge = [tokens_to_reach(r, target, "judge_read_tokens_total") for r in by_seed.values()]
+        with_judge = [None if t is None or j is None else t + j for t, j in zip(reach, judge)]
         acc, sd = mean_std([accuracy_at_budget(r, budget) for r in by_seed.values()])
         out["arms"][arm] = {"rollout_tokens_to_reach": reach, "rollout_and_judge_tokens_to_reach": with_judge,
                             "accuracy_at_equal_budget": acc, "accuracy_at_equal_budget_std": sd,
                             "final_accuracy_ratio": (statistics.fmean(r["heldout_end_accuracy"] for r in
                                                                       by_seed.values()) / finals[baseline]
                                                      if finals[baseline] else None)}
-    base_reach = out["arms"][baseline]["rollout_tokens_to_reach"]
+    # the baseline reached its final accuracy with its whole run: what the others are measured by
+    base_total = statistics.fmean(tokens_at(r, len(r["steps"]["accuracy"])) for r in by_arm[baseline].values())
+    out["baseline_rollout_tokens"] = base_total
     for arm, v in out["arms"].items():
         got = v["rollout_tokens_to_reach"]
-        v["tokens_ratio_vs_baseline"] = (statistics.fmean(got) / statistics.fmean(base_reach)
-                                         if None not in got and None not in base_reach and statistics.fmean(base_reach)
-                                         else None)
+        v["tokens_ratio_vs_baseline"] = statistics.fmean(got) / base_total if None not in got else None
     return out

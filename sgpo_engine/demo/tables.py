@@ -41,15 +41,17 @@ def compute_table(c: dict) -> str:
     rows = [f"at equal rollout compute: target {c['target_accuracy']:.3f} "
             f"({'the final accuracy of ' + c['baseline'] if c['baseline_moved'] else 'warm start + gain: ' + c['baseline'] + ' did not move'})",
             f"{'arm':{w}s} {'acc @ ' + _tokens(c['equal_budget_rollout_tokens']):>16s} {'rollout tok to target':>22s} "
-            f"{'+ judge read':>13s} {'vs ' + c['baseline']:>12s}"]
+            f"{'+ judge read':>13s} {'vs ' + c['baseline'] + ' run':>14s}"]
     for arm, v in c["arms"].items():
         ratio = v["tokens_ratio_vs_baseline"]
         rows.append(f"{arm:{w}s} {v['accuracy_at_equal_budget']:9.3f} ± {v['accuracy_at_equal_budget_std']:.3f} "
                     f"{_reach_tokens(v['rollout_tokens_to_reach']):>22s} "
                     f"{_reach_tokens(v['rollout_and_judge_tokens_to_reach']):>13s} "
-                    f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>12s}")
+                    f"{(f'{ratio:.2f}x' if ratio is not None else '-'):>14s}")
     rows.append(f"(rule: {c['rule']}; 'acc @ N': held-out accuracy at the last evaluation within N rollout tokens, "
-                "the cheapest arm's whole run; tokens: mean over the seeds that reached the target)")
+                "the cheapest arm's whole run; tokens: mean over the seeds that reached the target; 'vs "
+                f"{c['baseline']} run': that mean over the {_tokens(c['baseline_rollout_tokens'])} rollout tokens of "
+                f"{c['baseline']}'s whole run, - where a seed never reached it)")
     return "\n".join(rows)
 
 

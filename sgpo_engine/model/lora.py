@@ -166,6 +166,22 @@ def merged_state_dict(policy) -> dict[str, torch.Tensor]:
     return state
 
 
+@torch.no_grad()
+def merged_copy(policy, into=None):
+    """A Policy without adapters holding the merged weights (merged_state_dict): the copy
+    rollouts sample from, where two GEMMs less per linear per token pay for a second copy of
+    the weights. `into`: an earlier merged copy, refreshed in place (no new memory)."""
+    import copy
+    from .decoder import Decoder
+    if into is None:
+        into = copy.copy(policy)
+        into.decoder = Decoder(policy.config).to(device=policy.device, dtype=policy.dtype).eval()
+        into.decoder.requires_grad_(False)
+        into.__dict__.pop("lora_config", None)
+    into.decoder.load_state_dict(merged_state_dict(policy))
+    return into
+
+
 def peft_config(cfg: LoRAConfig, base_model: Optional[str], adapted: list[str]) -> dict:
     """adapter_config.json as PEFT writes it for a causal LM."""
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,

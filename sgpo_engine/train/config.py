@@ -132,6 +132,9 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_target_modules: list = field(default_factory=lambda: list(ALL_LINEARS))  # short names of the
                                          # linears to adapt (default: every linear of attention and MLP)
+    lora_merged_rollouts: bool = True    # sample from a merged copy of the weights, refreshed each step
+                                         # (1.2x faster generation, bench_lora.py; one more copy of the
+                                         # weights); off, and under FSDP: the adapters in the forward
 
     # ---- [optim]
     lr: float = 1e-4

@@ -34,7 +34,7 @@ from ..evaluation import evaluate as evaluate_heldout, local_sampler
 from ..evaluation.curves import plot_run
 from ..generation.rng import mix_seeds
 from ..judge import JudgeContext, make_judge
-from ..model.lora import add_lora, has_lora, load_adapter
+from ..model.lora import add_lora, has_lora, load_adapter, merged_copy
 from ..progress import Progress
 from ..tasks import Example, Task, load_policy, make_task
 from ..threads import cpu_threads
@@ -102,6 +102,7 @@ class SGPOTrainer:
         self.optim = Optim(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor))
         self.step = 0
         self.batches_drawn = 0  # the prompt stream's cursor (sampling.py); a checkpoint carries it
+        self._merged, self._merged_step = None, -1  # LoRA: the merged copy rollouts sample from
         self.totals = new_totals()  # compute since step 0, every rank (metrics.compute_metrics)
         if cfg.resume:
             self._resume()
@@ -288,8 +289,8 @@ class SGPOTrainer:
         batches until prompts_per_step informative groups or max_sample_batches. Returns the
         draws, the seconds spent generating and the weight-version lag (openai rollouts)."""
         cfg = self.cfg
-        if isinstance(self.rollout, LocalRollout):  # under FSDP: the unsharded copy, with this step's weights
-            self.rollout.policy = self.parallel.full_policy(s)
+        if isinstance(self.rollout, LocalRollout):
+            self.rollout.policy = self._sampling_policy(s)
         filtering = cfg.dynamic_sampling == "filter"
         draws, seconds, lag, informative = [], 0.0, float("nan"), 0
         while len(draws) < (cfg.max_sample_batches if filtering else 1):
@@ -313,6 +314,18 @@ class SGPOTrainer:
                 if informative >= cfg.prompts_per_step:
                     break
         return draws, seconds, lag
+
+    def _sampling_policy(self, step: int):
+        """What rollouts and evaluation sample from at `step`: the policy (under FSDP its unsharded
+        copy, parallel.full_policy), or with LoRA and lora_merged_rollouts a merged copy of it,
+        refreshed once a step (model/lora.py: merged_copy)."""
+        policy = self.parallel.full_policy(step)
+        if not (has_lora(policy) and self.cfg.lora_merged_rollouts) or self.parallel.sharded:
+            return policy  # under FSDP a merged copy would be a third whole one: the adapters in the forward
+        if self._merged_step != step:
+            self._merged = merged_copy(policy, into=self._merged)
+            self._merged_step = step
+        return self._merged
 
     def _step_groups(self, draws: list[Draw]):
         """(examples, groups, ScoredGroups) the update trains on: the one draw, or the first
@@ -388,7 +401,7 @@ class SGPOTrainer:
         examples = self.heldout if examples is None else examples
         if not examples:
             raise ValueError("evaluate: no held-out problems (config fields 'eval_every' and 'eval_dataset')")
-        policy = self.parallel.full_policy(self.step)  # under FSDP an all-gather: every rank calls evaluate
+        policy = self._sampling_policy(self.step)  # under FSDP an all-gather: every rank calls evaluate
         m = evaluate_heldout(local_sampler(policy), examples, self.cfg.eval_settings(), self.verifier,
                              self.task.sample_metrics, self.dist).metrics
         if self.on_eval:
