@@ -238,9 +238,11 @@ def test_prm_judge_reads_the_first_low_step(pooling_server):
     judge = make_judge("prm", cfg.judge_options())
     out = judge.judge(["p", "p"], ["1 + 1 = 2\n2 + 9 = 11\n#11", "1 + 1 = 2\n#2"])
     assert [(v.first_error, v.reason) for v in out] == [(1, "ok"), (None, "ok")]
-    path, body = pooling_server.requests[0]
-    assert path == "/pooling" and body["model"] == "prm-7b"  # the server root, not /v1
-    assert body["input"].count("<extra_0>") == 3 and "<|im_start|>user\np<|im_end|>" in body["input"]
+    # the two responses go out concurrently: their requests arrive in either order
+    assert [path for path, _ in pooling_server.requests] == ["/pooling"] * 2  # the server root, not /v1
+    bodies = sorted((body for _, body in pooling_server.requests), key=lambda b: b["input"].count("<extra_0>"))
+    assert [b["input"].count("<extra_0>") for b in bodies] == [2, 3]  # one separator after each step
+    assert all(b["model"] == "prm-7b" and "<|im_start|>user\np<|im_end|>" in b["input"] for b in bodies)
     pooling_server.fail_first = 1  # a 503 is retried
     assert judge.judge(["q"], ["3 + 9 = 12\n#12"])[0].first_error == 0
     pooling_server.extra = [[0.5, 0.5]]  # one score too many: a failed verdict, not a guess
