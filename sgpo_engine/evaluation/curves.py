@@ -8,10 +8,10 @@ The trainer writes it at the end of a run with held-out evaluation.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
+from ..model.files import json_lines
 from ..plotting import pyplot, save
 
 TRAINING = (("reward_mean", "rollout reward"), ("all_negative_frac", "all-negative groups"),
@@ -23,16 +23,7 @@ def read_metrics(path: str) -> list[dict]:
     """The rows of a metrics.jsonl (a torn last line, from a kill mid-write, skipped)."""
     if not os.path.isfile(path):
         raise ValueError(f"plot: no such file {path} (is the folder a training run's output?)")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(row, dict) and "step" in row:
-                rows.append(row)
-    return rows
+    return [row for _, row in json_lines(path) if "step" in row]
 
 
 def plot_run(run: str, output: Optional[str] = None) -> Optional[str]:

@@ -53,9 +53,9 @@ class EvalSettings:
     batch_size: int = 64           # problems per generate call
 
     def validated(self, name: Callable[[str], str] = lambda f: f) -> "EvalSettings":
-        if self.num_samples < 1 or self.max_new_tokens < 1 or self.batch_size < 1:
-            bad = next(f for f in ("num_samples", "max_new_tokens", "batch_size") if getattr(self, f) < 1)
-            raise ValueError(f"{name(bad)}: expected >= 1, got {getattr(self, bad)}")
+        for f in ("num_samples", "max_new_tokens", "batch_size"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{name(f)}: expected >= 1, got {getattr(self, f)}")
         if self.temperature < 0:
             raise ValueError(f"{name('temperature')}: expected >= 0, got {self.temperature}")
         if self.temperature == 0 and self.num_samples > 1:

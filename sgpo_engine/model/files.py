@@ -20,6 +20,21 @@ def read_json(path: str) -> Optional[dict]:
     return d
 
 
+def json_lines(path: str) -> list[tuple[str, dict]]:
+    """(line, object) for each JSON object line of a .jsonl log; blank lines and a line torn by
+    a kill in the middle of a write are skipped (metrics.jsonl, completions.jsonl)."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict):
+                out.append((line, row))
+    return out
+
+
 def fsync_dir(folder: str) -> None:
     """Makes a rename inside `folder` durable (best effort)."""
     try:

@@ -25,7 +25,7 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import torch
@@ -239,7 +239,7 @@ def load_adapter(policy, path: str) -> list[str]:
     if not os.path.isfile(file):
         raise ValueError(f"{file}: not found")
     saved = {k.replace(".default.weight", ".weight"): v for k, v in load_file(file).items()}
-    want = {k: v for k, v in adapter_state_dict(policy).items()}
+    want = adapter_state_dict(policy)
     missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
     if missing or extra:
         raise ValueError(f"{file}: adapter tensors do not match the model "
@@ -255,6 +255,3 @@ def load_adapter(policy, path: str) -> list[str]:
                 w.copy_(t)
     return adapted
 
-
-def config_dict(cfg: LoRAConfig) -> dict:
-    return asdict(cfg)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.files import json_lines
+
 _SUMS = ("responses", "correct", "reward", "sgpo_reward", "all_negative", "all_negative_credited", "groups",
          "credited", "rts", "judged",
          "judge_failures", "response_tokens", "adv_abs_credited", "credited_group_responses", "adv_abs_mixed",
@@ -201,15 +203,8 @@ class CompletionLog:
 def _truncate_after(path: str, step: int):
     if not os.path.exists(path):
         return
-    keep = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # blank, or torn by a crash in the middle of a write
-            if isinstance(row, dict) and row.get("step", 0) <= step:
-                keep.append(line if line.endswith("\n") else line + "\n")
+    keep = [line if line.endswith("\n") else line + "\n"
+            for line, row in json_lines(path) if row.get("step", 0) <= step]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(keep)

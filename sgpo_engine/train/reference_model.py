@@ -27,8 +27,6 @@ class BaseModel(nn.Module):
     """The policy's decoder as its base model: the forward with every adapter off, without
     gradients. Holds no weights of its own (the policy is not a submodule)."""
 
-    shares_policy_weights = True  # parallel.prepare_reference leaves it as it is
-
     def __init__(self, policy):
         super().__init__()
         self.__dict__["policy"] = policy  # not registered: its parameters are the policy's
@@ -51,7 +49,7 @@ def base_model_view(policy):
     policy's, which LoRA leaves frozen)."""
     ref = copy.copy(policy)
     ref.decoder = BaseModel(policy)
-    ref.shares_policy_weights = True
+    ref.shares_policy_weights = True  # parallel.prepare_reference leaves it as it is
     return ref
 
 
