@@ -165,3 +165,15 @@ def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
     assert "at equal rollout compute" in printed.out and "rollout tok to target" in printed.out
     # a line per evaluation of each run, as it trains
     assert "[grpo-ds seed 0] step 2: held-out accuracy" in printed.err
+
+
+def test_sweep_ranks_dynamic_sampling_by_every_drawn_group():
+    """Dynamic sampling keeps no all-right group: the kept groups' accuracy would rank it by
+    what it threw away. The sweep ranks by drawn_accuracy where a record has it."""
+    from sgpo_engine.demo.stats import rollout_scores
+    tail = [None] * 3 + [0.5] * SWEEP_TAIL
+    old = {"steps": {"accuracy": [0.9] * (SWEEP_TAIL + 3)}}  # before the drawn curve: no dynamic sampling
+    ds = {"steps": {"accuracy": [0.5] * (SWEEP_TAIL + 3), "drawn_accuracy": tail}}
+    ds_high = {"steps": {"accuracy": [0.5] * (SWEEP_TAIL + 3), "drawn_accuracy": [0.7] * (SWEEP_TAIL + 3)}}
+    scores = rollout_scores({("grpo", 3e-5): {"0": old}, ("grpo-ds", 3e-5): {"0": ds, "1": ds_high}})
+    assert scores[("grpo", 3e-5)] == 0.9 and math.isclose(scores[("grpo-ds", 3e-5)], 0.6)

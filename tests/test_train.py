@@ -967,6 +967,9 @@ def test_dynamic_sampling_draws_until_the_batch_is_informative(tmp_path, scope):
     judged = 4 * drawn.count("1+1=") if scope != "off" else 0
     assert m["judge_calls"] == judged and (m["judge_read_tokens"] > 0) == (judged > 0)
     assert trainer.batches_drawn == len(drawn) // 2
+    # the policy on every drawn group, not only the kept ones: "2+2=" 1 of 4 right, "3+3=" 4 of 4
+    assert m["drawn_accuracy"] == pytest.approx((drawn.count("2+2=") + 4 * drawn.count("3+3=")) / (4 * len(drawn)))
+    assert m["drawn_all_negative_frac"] == pytest.approx(drawn.count("1+1=") / len(drawn))
 
 
 def test_dynamic_sampling_stops_at_max_sample_batches_and_resumes(tmp_path):

@@ -31,6 +31,7 @@ GUARD_FLOOR = 0.1
 # Dynamic sampling's cap on prompt batches a step (verl's max_num_gen_batches): enough to fill a
 # batch where one prompt in four is informative.
 DS_BATCHES = 4
+SCHEDULE_WARMUP = 10  # steps of linear warmup before the cosine decay (the -cosine arm)
 ARMS = {
     "grpo": Arm(dict(scope="off"), GRPO_LR, "tab:gray"),
     "sgpo": Arm(dict(scope="all_negative"), 1e-4, "tab:blue"),
@@ -41,6 +42,10 @@ ARMS = {
     # DAPO's dynamic sampling (train/sampling.py): what practitioners do with all-negative groups today.
     # Its rate: not swept yet on this machine; GRPO's (the sweep's best for the same update).
     "grpo-ds": Arm(dict(scope="off", dynamic_sampling="filter", max_sample_batches=DS_BATCHES), GRPO_LR, "tab:green"),
+    # A warmup and cosine decay (to 0.1 lr, config min_lr_ratio) at SGPO-prefix's rate: does a
+    # falling rate steady the swings of the constant one between evaluations?
+    "sgpo-prefix-cosine": Arm(dict(scope="all_negative", credit_assignment="prefix", lr_schedule="cosine",
+                                   warmup_steps=SCHEDULE_WARMUP), 1e-4, "tab:brown"),
     "sgpo-prefix-ds": Arm(dict(scope="all_negative", credit_assignment="prefix", dynamic_sampling="filter",
                                max_sample_batches=DS_BATCHES), 1e-4, "tab:purple"),
 }

@@ -13,8 +13,9 @@ from .arms import ARMS
 from .stats import SWEEP_TAIL, tokens_at
 
 PANELS = (("heldout", "held-out greedy accuracy"), ("heldout_tokens", "held-out accuracy vs rollout tokens"),
-          ("accuracy", "rollout accuracy"), ("sample_batches", "prompt batches drawn per step"),
-          ("all_negative_frac", "all-negative group fraction"), ("correct_prefix_frac", "correct prefix (mean RTS)"),
+          ("drawn_accuracy", "rollout accuracy (every drawn group)"), ("sample_batches", "prompt batches drawn per step"),
+          ("drawn_all_negative_frac", "all-negative group fraction (drawn)"),
+          ("correct_prefix_frac", "correct prefix (mean RTS)"),
           ("premature_answer_frac", "premature answers"), ("response_len_mean", "response length (tokens)"))
 
 
@@ -54,9 +55,14 @@ def _mean_tokens(by_seed: dict, steps: list) -> list:
     return [statistics.fmean(tokens_at(r, s) for r in by_seed.values()) for s in steps]
 
 
+# Records older than the drawn-group curves had no dynamic sampling: their kept groups are all drawn.
+OLDER_CURVE = {"drawn_accuracy": "accuracy", "drawn_all_negative_frac": "all_negative_frac"}
+
+
 def _per_step(by_seed: dict, curve: str) -> tuple:
     """A training curve, smoothed (a step's rollout metrics are noisy); None: no value that step."""
-    series = torch.tensor([[x if x is not None else float("nan") for x in r["steps"][curve]]
+    values = lambda r: r["steps"].get(curve) or r["steps"][OLDER_CURVE.get(curve, curve)]
+    series = torch.tensor([[x if x is not None else float("nan") for x in values(r)]
                            for r in by_seed.values()], dtype=torch.float64)
     mean = _smooth(series.nanmean(0))
     return list(range(1, len(mean) + 1)), series, (mean, _smooth(series.min(0).values), _smooth(series.max(0).values))

@@ -29,7 +29,7 @@ from .stats import mean_accuracy
 CURVES = ("accuracy", "all_negative_frac", "credited_frac", "reward_mean", "sgpo_reward_mean",
           "correct_prefix_frac", "premature_answer_frac", "response_len_mean", "rts_mean",
           "adv_abs_credited", "adv_abs_mixed", "rollout_tokens_total", "judge_read_tokens_total",
-          "sample_batches")
+          "sample_batches", "drawn_accuracy", "drawn_all_negative_frac")
 
 
 def log(msg: str):

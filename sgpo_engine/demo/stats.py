@@ -83,9 +83,14 @@ def _reach(by_seed: dict, target: float, baseline_steps: int) -> dict:
 
 def rollout_scores(runs: dict) -> dict:
     """What the sweep ranks by: each run's mean rollout accuracy over its last
-    SWEEP_TAIL steps (training prompts: the held-out set stays out of the choice)."""
-    return {key: statistics.fmean(statistics.fmean(x for x in r["steps"]["accuracy"][-SWEEP_TAIL:] if x is not None)
-                                  for r in by_seed.values()) for key, by_seed in runs.items()}
+    SWEEP_TAIL steps (training prompts: the held-out set stays out of the choice), over
+    every drawn group (drawn_accuracy): with dynamic sampling the kept groups' accuracy
+    excludes the all-right and all-wrong ones. Records older than that curve have no
+    dynamic sampling, where the two are the same."""
+    def score(r):
+        curve = r["steps"].get("drawn_accuracy") or r["steps"]["accuracy"]
+        return statistics.fmean(x for x in curve[-SWEEP_TAIL:] if x is not None)
+    return {key: statistics.fmean(score(r) for r in by_seed.values()) for key, by_seed in runs.items()}
 
 
 def best_rates(scores: dict) -> dict:

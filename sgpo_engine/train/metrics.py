@@ -114,7 +114,9 @@ def compute_metrics(drawn: dict[str, float], g: dict[str, float], batches: int, 
     """What the step cost, over all ranks, and since step 0 (`totals`, updated in place):
     rollout tokens generated (dynamic sampling's thrown-away batches included), judge calls
     and the tokens the judge read (sampling.draw_sums), decoder positions of the update;
-    and dynamic sampling's count of batches and groups drawn and kept."""
+    and dynamic sampling's count of batches and groups drawn and kept, with the rollout accuracy
+    and all-negative fraction over every drawn group (`accuracy` and `all_negative_frac` are
+    of the kept ones: the same without dynamic sampling)."""
     step = {"rollout_tokens": int(drawn["drawn_tokens"]), "judge_calls": int(drawn["judge_calls"]),
             "judge_read_tokens": int(drawn["judge_read_tokens"]), "update_positions": int(g["update_positions"])}
     for k, v in step.items():
@@ -123,7 +125,9 @@ def compute_metrics(drawn: dict[str, float], g: dict[str, float], batches: int, 
             "judge_read_tokens": step["judge_read_tokens"],
             **{f"{k}_total": v for k, v in totals.items()},
             "rollout_tokens_per_s": drawn["drawn_tokens"] / max(times.rollout, 1e-9),
-            "sample_batches": batches, "groups_drawn": int(drawn["drawn_groups"]), "groups_kept": int(g["groups"])}
+            "sample_batches": batches, "groups_drawn": int(drawn["drawn_groups"]), "groups_kept": int(g["groups"]),
+            "drawn_accuracy": drawn["drawn_correct"] / max(drawn["drawn_responses"], 1.0),
+            "drawn_all_negative_frac": drawn["drawn_all_negative"] / max(drawn["drawn_groups"], 1.0)}
 
 
 def progress_line(m: dict, max_steps: int) -> str:

@@ -52,13 +52,19 @@ def draw_sums(draws: list[Draw]) -> dict[str, float]:
     """This rank's compute of the step, every batch it drew counted (also those dynamic
     sampling threw away): generated tokens, judge calls, and the tokens the judge read (the
     prompt and the response of each judged one: what an LLM judge would be given, before its
-    own instructions; the built-in exact checker is counted the same way)."""
-    sums = {"drawn_tokens": 0.0, "drawn_groups": 0.0, "judge_calls": 0.0, "judge_read_tokens": 0.0}
+    own instructions; the built-in exact checker is counted the same way). Also what the
+    policy did on every drawn prompt, not only the kept ones: responses, correct ones, and
+    all-negative groups (dynamic sampling keeps none of those without credit)."""
+    sums = dict.fromkeys(("drawn_tokens", "drawn_groups", "drawn_responses", "drawn_correct", "drawn_all_negative",
+                          "judge_calls", "judge_read_tokens"), 0.0)
     for d in draws:
         flat = [c for g in d.groups for c in g]
         sums["drawn_tokens"] += sum(len(c.token_ids) for c in flat)
         sums["drawn_groups"] += len(d.groups)
+        sums["drawn_responses"] += len(flat)
         if d.scored is not None:
+            sums["drawn_correct"] += float(d.scored.rewards.correct.sum())
+            sums["drawn_all_negative"] += float(d.scored.advantages.all_negative.sum())
             for c, v in zip(flat, d.scored.rewards.verdicts):
                 if v is not None:
                     sums["judge_calls"] += 1
