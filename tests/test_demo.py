@@ -146,11 +146,14 @@ def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
     earlier["runs"]["grpo"]["0"] = old
     path.write_text(json.dumps(earlier))
     out = tmp_path / "ds"
-    assert cli.main(["demo", "--quick", "--arms", "grpo,grpo-ds", "--reuse", str(path), "--output", str(out)]) == 0
-    assert not (out / "grpo-seed0").exists() and (out / "grpo-ds-seed0").exists()
+    assert cli.main(["demo", "--quick", "--seeds", "2", "--arms", "grpo,grpo-ds", "--reuse", str(path),
+                     "--output", str(out)]) == 0
+    # the earlier file's seed is kept and only the seed it lacks trains
+    assert not (out / "grpo-seed0").exists() and (out / "grpo-seed1").exists() and (out / "grpo-ds-seed1").exists()
     res = json.loads((out / "results.json").read_text())
     assert res["runs"]["grpo"]["0"]["heldout"] == old["heldout"]
     assert res["runs"]["grpo"]["0"]["steps"]["rollout_tokens_total"] == measured  # made again, exactly
+    assert sorted(res["runs"]["grpo"]) == ["0", "1"]
     runs = {arm: by_seed["0"] for arm, by_seed in res["runs"].items()}
     tokens = {arm: r["steps"]["rollout_tokens_total"] for arm, r in runs.items()}
     assert all(t == sorted(t) and t[0] > 0 for t in tokens.values())  # cumulative
@@ -158,9 +161,10 @@ def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
     assert tokens["grpo-ds"][-1] > tokens["grpo"][-1]
     c = res["equal_compute"]
     assert c["rule"].startswith("the target is") and c["baseline"] in ("grpo", "grpo-ds")
-    assert c["equal_budget_rollout_tokens"] == min(t[-1] for t in tokens.values())
+    every_run = [r for by_seed in res["runs"].values() for r in by_seed.values()]
+    assert c["equal_budget_rollout_tokens"] == min(r["steps"]["rollout_tokens_total"][-1] for r in every_run)
     for arm, v in c["arms"].items():
-        assert 0 <= v["accuracy_at_equal_budget"] <= 1 and len(v["rollout_tokens_to_reach"]) == 1
+        assert 0 <= v["accuracy_at_equal_budget"] <= 1 and len(v["rollout_tokens_to_reach"]) == 2
     printed = capfd.readouterr()
     assert "at equal rollout compute" in printed.out and "rollout tok to target" in printed.out
     # a line per evaluation of each run, as it trains

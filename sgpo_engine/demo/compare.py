@@ -43,8 +43,12 @@ def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: O
     settings = results_settings(plan, arm_settings, n_seeds)
     start_eval = evaluate_warm_start(plan)
     kept = reused_runs(reuse, settings, keys.values(), n_seeds) if reuse else {}
-    todo = [Job(keys[a], a, arm_settings[a], s) for s in range(n_seeds) for a in arm_settings if keys[a] not in kept]
-    runs = in_order({**kept, **train_runs(plan, todo, mean_accuracy(start_eval), jobs)})
+    todo = [Job(keys[a], a, arm_settings[a], s) for s in range(n_seeds) for a in arm_settings
+            if str(s) not in kept.get(keys[a], {})]
+    trained = train_runs(plan, todo, mean_accuracy(start_eval), jobs)
+    for key, by_seed in trained.items():  # the seeds an earlier comparison lacked, beside the ones it had
+        kept.setdefault(key, {}).update(by_seed)
+    runs = in_order(kept)
     summary = summarize(runs, baseline=keys.get("grpo"))
     path = os.path.join(output, "results.json")
     compute = equal_compute(runs, mean_accuracy(start_eval))
@@ -56,16 +60,17 @@ def run_comparison(output: str = "runs/demo", profile: str = "default", seeds: O
 
 
 def reused_runs(path: str, settings: dict, keys, seeds: int) -> dict:
-    """An earlier comparison's runs ({(arm, lr): {seed: record}}) of these keys with every seed,
-    when its settings equal these (the arms and the seed count aside; sweep.earlier_runs: a run
-    is a seed's whatever else ran beside it). Records written before the rollout-token curve
-    existed get it from their response lengths (exact without dynamic sampling: every response
-    was generated once)."""
+    """An earlier comparison's runs ({(arm, lr): {seed: record}}) of these keys, seeds below
+    `seeds`, when its settings equal these (the arms and the seed count aside;
+    sweep.earlier_runs: a run is a seed's whatever else ran beside it); the seeds it lacks are
+    trained. Records written before the rollout-token curve existed get it from their response
+    lengths (exact without dynamic sampling: every response was generated once)."""
     with open(path) as f:
         their_seeds = json.load(f)["settings"]["seeds"]
     old = earlier_runs(path, {**settings, "seeds": their_seeds}, list(keys))
     P, G = settings["prompts_per_step"], settings["num_samples"]
-    kept = {k: {seed: with_rollout_tokens(r, P * G) for seed, r in old[k].items()}
-            for k in keys if k in old and len(old[k]) >= seeds}
-    log(f"{path}: reusing {', '.join(k[0] for k in kept) or 'no'} run(s)")
+    kept = {k: {seed: with_rollout_tokens(r, P * G) for seed, r in old[k].items() if int(seed) < seeds}
+            for k in keys if k in old}
+    kept = {k: by_seed for k, by_seed in kept.items() if by_seed}
+    log(f"{path}: reusing " + (", ".join(f"{k[0]} ({len(v)} seed(s))" for k, v in kept.items()) or "no runs"))
     return kept

@@ -55,14 +55,23 @@ def _mean_tokens(by_seed: dict, steps: list) -> list:
     return [statistics.fmean(tokens_at(r, s) for r in by_seed.values()) for s in steps]
 
 
-# Records older than the drawn-group curves had no dynamic sampling: their kept groups are all drawn.
+# The drawn-group curves of records older than them: without dynamic sampling every drawn group was kept.
 OLDER_CURVE = {"drawn_accuracy": "accuracy", "drawn_all_negative_frac": "all_negative_frac"}
+
+
+def _curve(record: dict, curve: str) -> list:
+    """A record's per-step curve; an older record's kept-group curve where it equals the drawn one
+    (one batch a step), else no values (an older dynamic-sampling record kept only some groups)."""
+    steps = record["steps"]
+    if steps.get(curve) or curve not in OLDER_CURVE:
+        return steps[curve]
+    one_batch = all(b in (None, 1) for b in steps.get("sample_batches") or [])
+    return steps[OLDER_CURVE[curve]] if one_batch else [None] * len(steps["accuracy"])
 
 
 def _per_step(by_seed: dict, curve: str) -> tuple:
     """A training curve, smoothed (a step's rollout metrics are noisy); None: no value that step."""
-    values = lambda r: r["steps"].get(curve) or r["steps"][OLDER_CURVE.get(curve, curve)]
-    series = torch.tensor([[x if x is not None else float("nan") for x in values(r)]
+    series = torch.tensor([[x if x is not None else float("nan") for x in _curve(r, curve)]
                            for r in by_seed.values()], dtype=torch.float64)
     mean = _smooth(series.nanmean(0))
     return list(range(1, len(mean) + 1)), series, (mean, _smooth(series.min(0).values), _smooth(series.max(0).values))
