@@ -306,9 +306,9 @@ def test_mixed_faults_in_one_batch_never_raise():
 def test_backoff_is_exponential_with_jitter_and_capped():
     j = make_judge("http://127.0.0.1:9/v1", backoff=0.5, max_backoff=3.0)
     for attempt, base in [(0, 0.5), (1, 1.0), (2, 2.0), (3, 3.0), (10, 3.0)]:
-        delays = [j._delay(attempt, None) for _ in range(50)]
+        delays = [j.client.delay(attempt, None) for _ in range(50)]
         assert all(0.5 * base <= d <= base for d in delays) and len(set(delays)) > 1
-    assert j._delay(0, 100.0) == 3.0 and j._delay(0, 0.2) == 0.2
+    assert j.client.delay(0, 100.0) == 3.0 and j.client.delay(0, 0.2) == 0.2
 
 
 def test_cache_across_calls_and_file(tmp_path):

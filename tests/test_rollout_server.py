@@ -20,7 +20,7 @@ import sgpo_engine
 from sgpo_engine import tasks
 from sgpo_engine.generation.generate import encode_prompt
 from sgpo_engine.judge import FunctionJudge
-from sgpo_engine.judge.http import openai_base, server_root
+from sgpo_engine.http_client import openai_base, server_root
 from sgpo_engine.serve import Server
 from sgpo_engine.train import SGPOTrainer, TrainConfig
 from sgpo_engine.train import checkpoint as ckpt

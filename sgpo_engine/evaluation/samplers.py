@@ -4,16 +4,11 @@ SGLang, `sgpo serve`). Both are (examples, seeds, settings) -> per example,
 settings.num_samples Completions."""
 from __future__ import annotations
 
-import json
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from ..generation import Completion
 from ..generation.generate import generate_groups
-from ..judge.http import LOOPBACK_HOSTS, openai_base
+from ..http_client import ApiError, Client
 
 
 def local_sampler(policy):
@@ -29,21 +24,15 @@ class ServerSampler:
     them, else from usage.completion_tokens shared over the choices."""
 
     def __init__(self, url: str, model: str, timeout: float = 600.0, concurrency: int = 8, retries: int = 2):
-        parsed = urllib.parse.urlsplit(url)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"--server: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {url!r}")
-        self.base, self.model, self.timeout = openai_base(url), model, timeout
-        self.concurrency, self.retries = concurrency, retries
-        handlers = [urllib.request.ProxyHandler({})] if parsed.hostname in LOOPBACK_HOSTS else []
-        self._opener = urllib.request.build_opener(*handlers)
+        self.client = Client(url, timeout=timeout, max_retries=retries, what="--server")
+        self.base, self.model, self.concurrency = self.client.base, model, concurrency
 
     def check(self) -> None:
         """ValueError naming the server when it is not there or does not serve the model."""
         try:
-            with self._opener.open(self.base + "/models", timeout=min(self.timeout, 30)) as r:
-                served = [m.get("id") for m in json.loads(r.read()).get("data", [])]
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            raise ValueError(f"--server: cannot reach {self.base}/models ({getattr(e, 'reason', e)}); "
+            served = self.client.served_models()
+        except ApiError as e:
+            raise ValueError(f"--server: cannot reach {self.base}/models ({e.detail}); "
                              "is the server up, and is the URL its API root (http://host:port/v1)?") from None
         if served and self.model not in served:
             raise ValueError(f"--served-model: {self.base} does not serve {self.model!r} "
@@ -78,18 +67,7 @@ class ServerSampler:
         return out
 
     def _post(self, path: str, body: dict) -> dict:
-        req = urllib.request.Request(self.base + path, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-        for attempt in range(self.retries + 1):
-            try:
-                with self._opener.open(req, timeout=self.timeout) as r:
-                    return json.loads(r.read())
-            except urllib.error.HTTPError as e:
-                detail = e.read(300).decode("utf-8", "replace")
-                if e.code < 500 or attempt == self.retries:
-                    raise ValueError(f"--server: {self.base}{path} answered HTTP {e.code}: {detail}") from None
-            except (urllib.error.URLError, OSError) as e:
-                if attempt == self.retries:
-                    raise ValueError(f"--server: {self.base}{path} failed: {getattr(e, 'reason', e)}") from None
-            time.sleep(0.5 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        try:
+            return self.client.request(self.base + path, body)
+        except ApiError as e:
+            raise ValueError(f"--server: {self.base}{path} failed: {e.detail}") from None

@@ -26,7 +26,8 @@ from typing import Optional, Union
 
 from .base import Item
 from .cache import VerdictCache
-from .http import HTTPJudge, _Failure, server_root
+from ..http_client import ApiError
+from .http import HTTPJudge
 from .steps import StepMode
 from .verdict import Verdict
 
@@ -49,7 +50,7 @@ class PRMJudge(HTTPJudge):
         super().__init__(base_url, model, step_mode=step_mode, cache=cache, cache_path=cache_path, **http)
         self._cache_id = f"prm:{model}:{threshold}"  # verdicts depend on the threshold too
         self.threshold, self.step_separator, self.template = float(threshold), step_separator, template
-        self.url = server_root(base_url) + "/pooling"
+        self.url = self.client.root + "/pooling"
 
     def __repr__(self) -> str:
         return f"PRMJudge(base_url={self.base_url!r}, model={self.model!r}, threshold={self.threshold})"
@@ -64,7 +65,7 @@ class PRMJudge(HTTPJudge):
         try:
             scores = self._request({"model": self.model, "input": self.prm_input(item.problem, item.steps)},
                                    self._step_scores)
-        except _Failure as f:
+        except ApiError as f:
             return Verdict.failure(f.reason, n, self._scrub(f.detail))
         except Exception as e:
             return Verdict.failure("error", n, self._scrub(f"{type(e).__name__}: {e}"))
@@ -81,5 +82,5 @@ class PRMJudge(HTTPJudge):
             rows = json.loads(raw)["data"][0]["data"]
             return [float(r[-1] if isinstance(r, list) else r) for r in rows]
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            raise _Failure("bad_response", f"not a pooling reply ({type(e).__name__}): "
+            raise ApiError("bad_response", f"not a pooling reply ({type(e).__name__}): "
                                            f"{raw[:120].decode('utf-8', 'replace')!r}", False) from None

@@ -19,13 +19,13 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 
+from ..http_client import LOOPBACK_HOSTS
 from . import routes
 from .protocol import APIError, Limits, check_model, error_response, parse_body
 from .worker import Batcher, Worker
 
 log = logging.getLogger("sgpo_engine.serve")
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # path -> (method, route: (server, body; None for GET) -> reply, or (status, reply))
 ROUTES = {"/v1/models": ("GET", routes.models), "/health": ("GET", routes.health),
           "/v1/chat/completions": ("POST", routes.chat_completions), "/v1/completions": ("POST", routes.completions),
@@ -173,7 +173,7 @@ class Server(ThreadingHTTPServer):
                              default_max_tokens=default_max_tokens, max_n=max_n, max_completions=max_completions)
         self.max_body_bytes, self.client_timeout, self.request_timeout = max_body_bytes, client_timeout, request_timeout
         self.worker = Worker(policy, max_batch, weight_version, generate_fn)
-        if host not in LOOPBACK:
+        if host not in LOOPBACK_HOSTS:
             log.warning("binding %s: the server has no authentication; anyone who can reach it can use it", host)
         try:
             super().__init__((host, port), Handler)

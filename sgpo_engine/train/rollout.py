@@ -17,19 +17,16 @@ POST {server root}/update_weights_from_disk {"model_path", "weight_version"}.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-import urllib.error
-import urllib.request
 import warnings
 
 import torch
 
 from ..generation import Completion
 from ..generation.generate import encode_prompt, generate_groups
-from ..judge.http import openai_base, server_root
+from ..http_client import ApiError, Client
 
 
 class RolloutSyncError(RuntimeError):
@@ -50,17 +47,15 @@ class OpenAIRollout:
         if policy.tokenizer is None:
             raise ValueError("rollout: an external server's completions are checked with the policy's tokenizer; "
                              "the model folder has no tokenizer.json")
-        self.url = openai_base(cfg.rollout_url) + "/completions"
+        self.client = Client(cfg.rollout_url, timeout=timeout, what="config field 'rollout_url'")
+        self.url = self.client.base + "/completions"
         self._warned = False
 
     def _post(self, body: dict) -> dict:
-        req = urllib.request.Request(self.url, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                return json.loads(r.read())
-        except (urllib.error.URLError, OSError) as e:
-            raise RolloutSyncError(f"config field 'rollout_url': {self.url} failed: {e}") from None
+            return self.client.request(self.url, body)
+        except ApiError as e:
+            raise RolloutSyncError(f"config field 'rollout_url': {self.url} failed: {e.detail}") from None
 
     def __call__(self, examples, seeds):
         c = self.cfg
@@ -102,33 +97,31 @@ class WeightSync:
     """Writes the policy where the rollout server can read it and makes the server load it."""
 
     def __init__(self, url: str, folder: str, retries: int = 3, backoff: float = 1.0, timeout: float = 600.0):
-        self.url = server_root(url) + "/update_weights_from_disk"
-        self.folder, self.retries, self.backoff, self.timeout = folder, retries, backoff, timeout
+        self.client = Client(url, timeout=timeout, what="config field 'rollout_url'")
+        self.url = self.client.root + "/update_weights_from_disk"
+        self.folder, self.retries, self.backoff = folder, retries, backoff
 
     def __call__(self, policy, version: int) -> float:
         """Syncs weight_version `version`; returns the seconds it took. Raises RolloutSyncError."""
         t0 = time.perf_counter()
         path = os.path.abspath(os.path.join(self.folder, f"step-{version}"))
         policy.save(path)  # io.save: a temporary folder renamed into place, never half-written
-        body = json.dumps({"model_path": path, "weight_version": str(version)}).encode()
+        body = {"model_path": path, "weight_version": str(version)}
         error = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    reply = json.loads(r.read())
+                reply = self.client.request(self.url, body)
+                reply = reply if isinstance(reply, dict) else {"message": reply}
                 if reply.get("success"):
                     self._prune(path)
                     return time.perf_counter() - t0
                 error = reply.get("message") or reply
-            except urllib.error.HTTPError as e:
-                error = f"HTTP {e.code}: {e.read()[:500].decode('utf-8', 'replace')}"
-                if 400 <= e.code < 500 and e.code not in (408, 429):
+            except ApiError as e:
+                error = e.detail
+                if e.reason.startswith("http_4") and e.reason not in ("http_408", "http_429"):
                     break  # the server refused these weights: retrying will not change that
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                error = f"{type(e).__name__}: {e}"
         raise RolloutSyncError(f"config field 'rollout_url': {self.url} did not take weight_version {version} "
                                f"({path}): {error}")
 
