@@ -40,8 +40,9 @@ ARMS = {
     "sgpo-prefix-guard": Arm(dict(scope="all_negative", credit_assignment="prefix", credited_std_floor=GUARD_FLOOR),
                              1e-4, "tab:red"),
     # DAPO's dynamic sampling (train/sampling.py): what practitioners do with all-negative groups today.
-    # Its rate: not swept yet on this machine; GRPO's (the sweep's best for the same update).
-    "grpo-ds": Arm(dict(scope="off", dynamic_sampling="filter", max_sample_batches=DS_BATCHES), GRPO_LR, "tab:green"),
+    # Its rate: its best of 3e-5, 1e-4, 3e-4 in the sweep (docs/demo/sweep.json), ranked by the
+    # accuracy of every drawn group.
+    "grpo-ds": Arm(dict(scope="off", dynamic_sampling="filter", max_sample_batches=DS_BATCHES), 1e-4, "tab:green"),
     # A warmup and cosine decay (to 0.1 lr, config min_lr_ratio) at SGPO-prefix's rate: does a
     # falling rate steady the swings of the constant one between evaluations?
     "sgpo-prefix-cosine": Arm(dict(scope="all_negative", credit_assignment="prefix", lr_schedule="cosine",
