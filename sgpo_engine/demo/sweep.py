@@ -67,21 +67,21 @@ def _arm_settings(key: tuple) -> dict:
 
 
 def earlier_runs(path: str, settings: dict, keys: Sequence[tuple]) -> dict:
-    """The runs of an earlier sweep at `path` ({(arm, lr): {seed: record}}) if
-    its settings equal these (the learning rates aside), else none."""
+    """The runs of an earlier sweep or comparison at `path` ({(arm, lr): {seed: record}})
+    if its settings equal these (the arms and learning rates aside), else none."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         old = json.load(f)
     same = lambda st: {k: v for k, v in st.items() if k not in ("arms", "lr")}  # each arm sets its lr
     if same(old["settings"]) != same(json.loads(json.dumps(settings))):
-        log(f"{path}: another sweep's settings, not reused")
+        log(f"{path}: other settings (another sweep's or comparison's), not reused")
         return {}
     if any("arm" not in r for by_seed in old["runs"].values() for r in by_seed.values()):
         log(f"{path}: runs that do not name their arm (written before records did), not reused")
         return {}
     runs = read_runs(old["runs"])
-    log(f"{path}: reusing {sum(len(runs.get(k, {})) for k in keys)} run(s) of an earlier sweep")
+    log(f"{path}: {sum(len(runs.get(k, {})) for k in keys)} run(s) of these arms and rates there")
     return runs
 
 
