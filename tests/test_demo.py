@@ -141,6 +141,7 @@ def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
     # earlier record is made from its response lengths
     old = json.loads((first / "results.json").read_text())["runs"]["grpo"]["0"]
     measured = old["steps"].pop("rollout_tokens_total")
+    assert set(old["steps"].pop("judge_read_tokens_total")) == {0}  # GRPO never asks the judge
     path = first / "results.json"
     earlier = json.loads(path.read_text())
     earlier["runs"]["grpo"]["0"] = old
@@ -153,6 +154,7 @@ def test_demo_dynamic_sampling_arm_at_equal_compute(tmp_path, capfd):
     res = json.loads((out / "results.json").read_text())
     assert res["runs"]["grpo"]["0"]["heldout"] == old["heldout"]
     assert res["runs"]["grpo"]["0"]["steps"]["rollout_tokens_total"] == measured  # made again, exactly
+    assert set(res["runs"]["grpo"]["0"]["steps"]["judge_read_tokens_total"]) == {0}
     assert sorted(res["runs"]["grpo"]) == ["0", "1"]
     runs = {arm: by_seed["0"] for arm, by_seed in res["runs"].items()}
     tokens = {arm: r["steps"]["rollout_tokens_total"] for arm, r in runs.items()}

@@ -69,8 +69,9 @@ def reused_runs(path: str, settings: dict, keys, seeds: int) -> dict:
         their_seeds = json.load(f)["settings"]["seeds"]
     old = earlier_runs(path, {**settings, "seeds": their_seeds}, list(keys))
     P, G = settings["prompts_per_step"], settings["num_samples"]
-    kept = {k: {seed: with_rollout_tokens(r, P * G) for seed, r in old[k].items() if int(seed) < seeds}
-            for k in keys if k in old}
+    judge_free = lambda arm: ARMS[arm].settings.get("scope") == "off"
+    kept = {k: {seed: with_rollout_tokens(r, P * G, judge_free(k[0])) for seed, r in old[k].items()
+                if int(seed) < seeds} for k in keys if k in old}
     kept = {k: by_seed for k, by_seed in kept.items() if by_seed}
     log(f"{path}: reusing " + (", ".join(f"{k[0]} ({len(v)} seed(s))" for k, v in kept.items()) or "no runs"))
     return kept

@@ -12,7 +12,7 @@ from ..plotting import pyplot, save
 from .arms import ARMS
 from .stats import SWEEP_TAIL, tokens_at
 
-PANELS = (("heldout", "held-out greedy accuracy"), ("heldout_tokens", "held-out accuracy vs rollout tokens"),
+PANELS = (("heldout", "held-out greedy accuracy"), ("heldout_tokens", "held-out accuracy vs rollout (dashed: + judge) tokens"),
           ("drawn_accuracy", "rollout accuracy (every drawn group)"), ("sample_batches", "prompt batches drawn per step"),
           ("drawn_all_negative_frac", "all-negative group fraction (drawn)"),
           ("correct_prefix_frac", "correct prefix (mean RTS)"),
@@ -33,6 +33,9 @@ def plot_comparison(runs: dict, settings: dict, path: str) -> Optional[str]:
             ax.plot(x, mean, color=ARMS[arm].color, label=arm, marker="o" if held else None, markersize=3)
             if series.shape[0] > 1:
                 ax.fill_between(x, lo, hi, color=ARMS[arm].color, alpha=0.15)
+            with_judge = _mean_tokens(by_seed, steps, judge=True) if curve == "heldout_tokens" else None
+            if with_judge and with_judge != x:  # dashed: the same run against rollout + judge-read tokens
+                ax.plot(with_judge, mean, color=ARMS[arm].color, ls="--", lw=1, label=f"{arm} (+ judge)")
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("rollout tokens (cumulative, mean over seeds)" if curve == "heldout_tokens" else "step")
         ax.grid(alpha=0.3)
@@ -50,9 +53,14 @@ def _heldout(by_seed: dict) -> tuple:
     return steps, series, (series.mean(0).tolist(), series.min(0).values.tolist(), series.max(0).values.tolist())
 
 
-def _mean_tokens(by_seed: dict, steps: list) -> list:
-    """The mean over seeds of the cumulative rollout tokens at each of `steps`."""
-    return [statistics.fmean(tokens_at(r, s) for r in by_seed.values()) for s in steps]
+def _mean_tokens(by_seed: dict, steps: list, judge: bool = False) -> Optional[list]:
+    """The mean over seeds of the cumulative rollout tokens at each of `steps`; judge: rollout
+    + judge-read tokens (None when a seed has no judge-token curve)."""
+    def at(r, s):
+        extra = tokens_at(r, s, "judge_read_tokens_total") if judge else 0.0
+        return None if extra is None else tokens_at(r, s) + extra
+    points = [[at(r, s) for r in by_seed.values()] for s in steps]
+    return None if any(None in p for p in points) else [statistics.fmean(p) for p in points]
 
 
 # The drawn-group curves of records older than them: without dynamic sampling every drawn group was kept.

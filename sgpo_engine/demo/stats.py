@@ -112,17 +112,21 @@ TARGET_RULE = (f"the target is the final held-out accuracy of the stronger basel
                f"{FIXED_TARGET_GAIN} (a baseline that never moves would make 'tokens to reach it' measure noise)")
 
 
-def with_rollout_tokens(record: dict, responses_per_step: int) -> dict:
+def with_rollout_tokens(record: dict, responses_per_step: int, judge_free: bool) -> dict:
     """A record with the cumulative rollout-token curve, made from its mean response length
     where it has none (written before the curve existed, by a run without dynamic sampling:
-    each response generated once, one prompt batch a step)."""
+    each response generated once, one prompt batch a step); judge_free (an arm that never
+    asks the judge, scope "off"): its judge-token curve is zeros where it has none."""
     steps = dict(record["steps"])
+    n = len(steps["response_len_mean"])
     if "rollout_tokens_total" not in steps:
         total, steps["rollout_tokens_total"] = 0.0, []
         for length in steps["response_len_mean"]:
             total += (length or 0.0) * responses_per_step
             steps["rollout_tokens_total"].append(round(total))
-    steps.setdefault("sample_batches", [1] * len(steps["response_len_mean"]))
+    steps.setdefault("sample_batches", [1] * n)
+    if judge_free and not steps.get("judge_read_tokens_total"):
+        steps["judge_read_tokens_total"] = [0] * n
     return {**record, "steps": steps}
 
 
