@@ -5,7 +5,9 @@ learning rate (arms.py): plain GRPO (scope "off"), SGPO as published
 (sequence-level credit) and SGPO with prefix credit (`credit_assignment =
 "prefix"`: in credited groups the advantage reaches only the judged steps, see
 docs/design.md section 1.6); the `-guard` arms add the phantom-gradient guard
-(credited_std_floor, docs/design.md section 1.5) to an SGPO arm. The task is
+(credited_std_floor, docs/design.md section 1.5) to an SGPO arm, the `-ds`
+arms DAPO's dynamic sampling (docs/design.md section 4.7), and
+`sgpo-prefix-cosine` a warmup and cosine decay of its rate. The task is
 the hardest chains the warm start has seen (10-12 operations), where most
 groups start all-negative; `--regime hard` trains on longer chains (13-16)
 than it has seen, where about 90% of the groups start all-negative and GRPO
