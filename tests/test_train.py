@@ -1063,3 +1063,16 @@ def test_lora_resume_after_sigkill(tmp_path, reference_run):
     got, want = read_adapter(out / f"checkpoint-{STEPS}"), read_adapter(ref / f"checkpoint-{STEPS}")
     print("lora resume: max |w - w_ref| =", max_diff(got, want))
     assert max_diff(got, want) <= 1e-6
+
+
+def test_warmup_then_cosine_decay_to_the_floor():
+    """The -cosine demo arm's schedule: linear warmup, then cosine from lr down to min_lr_ratio * lr
+    at max_steps (and no further)."""
+    from types import SimpleNamespace
+    cfg = TrainConfig(lr=1e-4, warmup_steps=2, lr_schedule="cosine", max_steps=10, min_lr_ratio=0.1)
+    factor = lambda step: SGPOTrainer._lr_factor(SimpleNamespace(cfg=cfg), step)
+    assert [factor(s) for s in (0, 1)] == pytest.approx([1 / 3, 2 / 3])
+    assert factor(2) == pytest.approx(1.0) and factor(6) == pytest.approx(0.55)  # halfway: (1 + 0.1) / 2
+    assert factor(10) == pytest.approx(0.1) and factor(12) == pytest.approx(0.1)
+    cfg.lr_schedule = "constant"
+    assert factor(1) == pytest.approx(2 / 3) and factor(9) == 1.0
