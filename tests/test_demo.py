@@ -6,7 +6,7 @@ import os
 import pathlib
 
 from sgpo_engine import cli
-from sgpo_engine.demo.arms import ARMS, GRPO_LR, SWEEP_LRS
+from sgpo_engine.demo.arms import ARMS, DEMO_ARMS, GRPO_LR, SWEEP_LRS
 from sgpo_engine.demo.runs import make_plan, read_runs, results_settings
 from sgpo_engine.demo.stats import SWEEP_TAIL
 from sgpo_engine.demo.sweep import SWEEP_EVAL_EVERY, earlier_runs
@@ -79,7 +79,7 @@ def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
     assert "best grpo learning rate" in capsys.readouterr().err
     # another rate for one arm: the earlier runs are reused and every arm stays in the file
     assert cli.main(sweep + ["--arms", "grpo", "--lrs", "1e-5,1e-4"]) == 0
-    assert "reusing 1 run(s)" in capsys.readouterr().err
+    assert "1 run(s) of these arms and rates there" in capsys.readouterr().err
     again = json.loads((out / "sweep.json").read_text())
     assert set(again["runs"]) == set(res["runs"]) | {"grpo-lr0.0001"}
     assert all(again["runs"][run] == res["runs"][run] for run in res["runs"])
@@ -93,14 +93,17 @@ def test_demo_sweep_ranks_each_arms_learning_rates(tmp_path, capsys):
 
 
 def test_shipped_sweep_is_reused_by_a_full_sweep(capsys):
-    """docs/demo/sweep.json holds every arm at every rate of `sgpo demo --full --sweep`:
-    run again in that folder, the sweep would train nothing but the dynamic-sampling arms
-    (not swept yet: they train at the rates of the arms they extend, arms.py)."""
+    """docs/demo/sweep.json holds every swept arm at every rate of `sgpo demo --full --sweep`
+    (grpo-ds at three of them): run again in that folder, the sweep would train nothing of it.
+    The arms it lacks are not swept (sgpo-prefix-ds, sgpo-prefix-cosine: the rate of the arm
+    they extend, arms.py)."""
     plan = make_plan("unused", "full", "default", [], SWEEP_EVAL_EVERY["full"])
-    keys = [(arm, lr) for arm in ARMS for lr in SWEEP_LRS if not arm.endswith("-ds")]
+    keys = [(arm, lr) for arm in DEMO_ARMS + ("sgpo-guard", "sgpo-prefix-guard") for lr in SWEEP_LRS]
+    keys += [("grpo-ds", lr) for lr in SWEEP_LRS[1:]]
     got = earlier_runs(str(SHIPPED_SWEEP), results_settings(plan, {}, seeds=1), keys)
     assert sorted(got) == sorted(keys) and all(set(by_seed) == {"0"} for by_seed in got.values())
-    assert "reusing 20 run(s)" in capsys.readouterr().err
+    assert "23 run(s) of these arms and rates there" in capsys.readouterr().err
+    assert {arm for arm, _ in got} | {"sgpo-prefix-ds", "sgpo-prefix-cosine"} == set(ARMS)
 
 
 def test_sweep_without_arms_in_its_records_is_not_reused(tmp_path, capsys):
