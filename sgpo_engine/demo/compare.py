@@ -9,7 +9,6 @@ raw training metrics), and prints the table.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Optional, Sequence
@@ -19,7 +18,7 @@ from .arms import ARMS, DEMO_ARMS, PROFILES, check_choices
 from .plots import plot_comparison
 from .runs import (Job, arm_name, evaluate_warm_start, in_order, log, make_plan, results_settings, train_runs,
                    write_results)
-from .stats import equal_compute, mean_accuracy, summarize, with_rollout_tokens
+from .stats import equal_compute, mean_accuracy, summarize, with_compute_curves
 from .sweep import earlier_runs
 from .tables import comparison_table, compute_table, print_results
 
@@ -65,12 +64,10 @@ def reused_runs(path: str, settings: dict, keys, seeds: int) -> dict:
     sweep.earlier_runs: a run is a seed's whatever else ran beside it); the seeds it lacks are
     trained. Records written before the rollout-token curve existed get it from their response
     lengths (exact without dynamic sampling: every response was generated once)."""
-    with open(path) as f:
-        their_seeds = json.load(f)["settings"]["seeds"]
-    old = earlier_runs(path, {**settings, "seeds": their_seeds}, list(keys))
+    old = earlier_runs(path, settings, list(keys), ignore=("seeds",))
     P, G = settings["prompts_per_step"], settings["num_samples"]
     judge_free = lambda arm: ARMS[arm].settings.get("scope") == "off"
-    kept = {k: {seed: with_rollout_tokens(r, P * G, judge_free(k[0])) for seed, r in old[k].items()
+    kept = {k: {seed: with_compute_curves(r, P * G, judge_free(k[0])) for seed, r in old[k].items()
                 if int(seed) < seeds} for k in keys if k in old}
     kept = {k: by_seed for k, by_seed in kept.items() if by_seed}
     log(f"{path}: reusing " + (", ".join(f"{k[0]} ({len(v)} seed(s))" for k, v in kept.items()) or "no runs"))

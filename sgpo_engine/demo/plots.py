@@ -10,7 +10,7 @@ import torch
 
 from ..plotting import pyplot, save
 from .arms import ARMS
-from .stats import SWEEP_TAIL, tokens_at
+from .stats import OLDER_CURVE, SWEEP_TAIL, drawn_curve, tokens_at
 
 PANELS = (("heldout", "held-out greedy accuracy"), ("heldout_tokens", "held-out accuracy vs rollout (dashed: + judge) tokens"),
           ("drawn_accuracy", "rollout accuracy (every drawn group)"), ("sample_batches", "prompt batches drawn per step"),
@@ -63,18 +63,11 @@ def _mean_tokens(by_seed: dict, steps: list, judge: bool = False) -> Optional[li
     return None if any(None in p for p in points) else [statistics.fmean(p) for p in points]
 
 
-# The drawn-group curves of records older than them: without dynamic sampling every drawn group was kept.
-OLDER_CURVE = {"drawn_accuracy": "accuracy", "drawn_all_negative_frac": "all_negative_frac"}
-
-
 def _curve(record: dict, curve: str) -> list:
-    """A record's per-step curve; an older record's kept-group curve where it equals the drawn one
-    (one batch a step), else no values (an older dynamic-sampling record kept only some groups)."""
-    steps = record["steps"]
-    if steps.get(curve) or curve not in OLDER_CURVE:
-        return steps[curve]
-    one_batch = all(b in (None, 1) for b in steps.get("sample_batches") or [])
-    return steps[OLDER_CURVE[curve]] if one_batch else [None] * len(steps["accuracy"])
+    """A record's per-step curve (a drawn-group one through stats.drawn_curve; none: no values)."""
+    if curve not in OLDER_CURVE:
+        return record["steps"][curve]
+    return drawn_curve(record, curve) or [None] * len(record["steps"]["accuracy"])
 
 
 def _per_step(by_seed: dict, curve: str) -> tuple:

@@ -88,7 +88,7 @@ def rollout_scores(runs: dict) -> dict:
     excludes the all-right and all-wrong ones. Records older than that curve have no
     dynamic sampling, where the two are the same."""
     def score(r):
-        curve = r["steps"].get("drawn_accuracy") or r["steps"]["accuracy"]
+        curve = drawn_curve(r, "drawn_accuracy") or r["steps"]["accuracy"]
         return statistics.fmean(x for x in curve[-SWEEP_TAIL:] if x is not None)
     return {key: statistics.fmean(score(r) for r in by_seed.values()) for key, by_seed in runs.items()}
 
@@ -112,7 +112,22 @@ TARGET_RULE = (f"the target is the final held-out accuracy of the stronger basel
                f"{FIXED_TARGET_GAIN} (a baseline that never moves would make 'tokens to reach it' measure noise)")
 
 
-def with_rollout_tokens(record: dict, responses_per_step: int, judge_free: bool) -> dict:
+# The drawn-group curves of records older than them: without dynamic sampling every drawn group was kept.
+OLDER_CURVE = {"drawn_accuracy": "accuracy", "drawn_all_negative_frac": "all_negative_frac"}
+
+
+def drawn_curve(record: dict, curve: str) -> Optional[list]:
+    """A record's drawn-group curve (OLDER_CURVE's names): the recorded one, or for an older
+    record of one prompt batch a step its kept-group curve, which is the same; None for an
+    older dynamic-sampling record (it kept only some of the groups it drew)."""
+    steps = record["steps"]
+    if steps.get(curve):
+        return steps[curve]
+    one_batch = all(b in (None, 1) for b in steps.get("sample_batches") or [])
+    return steps[OLDER_CURVE[curve]] if one_batch else None
+
+
+def with_compute_curves(record: dict, responses_per_step: int, judge_free: bool) -> dict:
     """A record with the cumulative rollout-token curve, made from its mean response length
     where it has none (written before the curve existed, by a run without dynamic sampling:
     each response generated once, one prompt batch a step); judge_free (an arm that never

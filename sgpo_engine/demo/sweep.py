@@ -66,14 +66,14 @@ def _arm_settings(key: tuple) -> dict:
     return {**ARMS[arm].settings, "lr": lr}
 
 
-def earlier_runs(path: str, settings: dict, keys: Sequence[tuple]) -> dict:
+def earlier_runs(path: str, settings: dict, keys: Sequence[tuple], ignore: Sequence[str] = ()) -> dict:
     """The runs of an earlier sweep or comparison at `path` ({(arm, lr): {seed: record}})
-    if its settings equal these (the arms and learning rates aside), else none."""
+    if its settings equal these (the arms, learning rates and `ignore` aside), else none."""
     if not os.path.exists(path):
         return {}
     with open(path) as f:
         old = json.load(f)
-    same = lambda st: {k: v for k, v in st.items() if k not in ("arms", "lr")}  # each arm sets its lr
+    same = lambda st: {k: v for k, v in st.items() if k not in ("arms", "lr", *ignore)}  # each arm sets its lr
     if same(old["settings"]) != same(json.loads(json.dumps(settings))):
         log(f"{path}: other settings (another sweep's or comparison's), not reused")
         return {}
