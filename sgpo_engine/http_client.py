@@ -15,11 +15,12 @@ only: the engine needs no HTTP package.
   honour the proxy settings.
 - timeout: seconds for one attempt: the connection, each wait for data, and
   the whole body, which may be at most max_response_bytes.
-- A timeout, a connection error, HTTP 429 and 5xx are retried up to
+- A timeout, a connection error, HTTP 408, 429 and 5xx are retried up to
   max_retries times with exponential backoff (backoff * 2**attempt, capped at
   max_backoff, times a random factor in [0.5, 1) so that many workers do not
   retry in lock-step; a 429's Retry-After is honoured up to max_backoff).
-  Other 4xx are not retried: the request itself is wrong.
+  Other 4xx are not retried: the request itself is wrong. A parse function
+  may refuse a 2xx body with a retryable ApiError (a reply that says "not yet").
 - Every failure is an ApiError with a short reason ("timeout", "connection",
   "http_<status>", "bad_response") and a detail; the API key (read from the
   environment at each request, never stored) is scrubbed from the detail.
@@ -83,13 +84,13 @@ class Client:
         self._opener = urllib.request.build_opener(*handlers)
         self._rng = random.Random()
 
-    def request(self, url: str, body: dict, parse: Callable[[bytes], object] = None) -> object:
+    def request(self, url: str, body: dict, parse: Optional[Callable[[bytes], object]] = None) -> object:
         """parse(response body) of POSTing `body` as JSON to `url` (default parse: JSON), with
         retries of the retryable failures; raises ApiError (also from parse, for a body it refuses)."""
         data = json.dumps(body).encode("utf-8")
         for attempt in range(self.max_retries + 1):
             try:
-                return (parse or _json)(self.send(url, data))
+                return (parse or parse_json)(self.send(url, data))
             except ApiError as e:
                 if not e.retry or attempt == self.max_retries:
                     raise
@@ -120,7 +121,8 @@ class Client:
                 text = ""
             finally:
                 e.close()
-            raise ApiError(f"http_{status}", self.scrub(f"HTTP {status}: {text[:300]}"), status == 429 or status >= 500,
+            raise ApiError(f"http_{status}", self.scrub(f"HTTP {status}: {text[:300]}"),
+                           status in (408, 429) or status >= 500,
                            _retry_after(e.headers) if status == 429 else None) from None
         except (TimeoutError, socket.timeout) as e:
             raise ApiError("timeout", f"no response within {self.timeout:g} s ({e})", True) from None
@@ -167,7 +169,8 @@ class Client:
             chunks.append(chunk)
 
 
-def _json(raw: bytes) -> object:
+def parse_json(raw: bytes) -> object:
+    """A JSON body, else ApiError("bad_response")."""
     try:
         return json.loads(raw)
     except ValueError as e:

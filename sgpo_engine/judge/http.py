@@ -17,7 +17,7 @@ server (vLLM, SGLang, OpenAI, the engine's own `sgpo serve`).
 - Up to `concurrency` requests are in flight per judge() call (a thread pool).
 - timeout, max_retries, backoff, max_backoff: the HTTP client's
   (http_client.py): seconds for one attempt; a timeout, a connection error,
-  HTTP 429 and 5xx are retried with jittered exponential backoff, other 4xx
+  HTTP 408, 429 and 5xx are retried with jittered exponential backoff, other 4xx
   are not.
 - Every failure ends as a failed verdict whose reason is one of "timeout",
   "connection", "http_<status>", "bad_response", "unparseable",
@@ -36,7 +36,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Union
 
-from ..http_client import ApiError, Client, check_url
+from ..http_client import ApiError, Client
 from .base import Item, Judge
 from .cache import VerdictCache
 from .prompt import SYSTEM_PROMPT, judge_messages, parse_reply
@@ -54,7 +54,6 @@ class HTTPJudge(Judge):
                  cache: Union[bool, VerdictCache] = True, cache_path: Optional[str] = None,
                  system_prompt: Optional[str] = SYSTEM_PROMPT, extra_body: Optional[dict] = None,
                  max_response_bytes: int = 8 << 20):
-        check_url(base_url, "base_url")
         if not isinstance(model, str) or not model:
             raise ValueError(f"model: expected a non-empty str, got {model!r}")
         for name, v, lo in (("concurrency", concurrency, 1), ("max_retries", max_retries, 0),
@@ -66,7 +65,8 @@ class HTTPJudge(Judge):
                 raise ValueError(f"{name}: expected a positive number, got {v!r}")
         super().__init__(step_mode, cache, cache_id=f"http:{model}", cache_path=cache_path)
         self.client = Client(base_url, timeout=timeout, api_key_env=api_key_env, max_retries=max_retries,
-                             backoff=backoff, max_backoff=max_backoff, max_response_bytes=max_response_bytes)
+                             backoff=backoff, max_backoff=max_backoff, max_response_bytes=max_response_bytes,
+                             what="base_url")
         self.base_url, self.model, self.api_key_env = self.client.base, model, api_key_env
         self.url = self.base_url + "/chat/completions"
         self.concurrency, self.timeout, self.max_retries = concurrency, float(timeout), max_retries

@@ -26,7 +26,7 @@ import torch
 
 from ..generation import Completion
 from ..generation.generate import encode_prompt, generate_groups
-from ..http_client import ApiError, Client
+from ..http_client import ApiError, Client, parse_json
 
 
 class RolloutSyncError(RuntimeError):
@@ -97,33 +97,25 @@ class WeightSync:
     """Writes the policy where the rollout server can read it and makes the server load it."""
 
     def __init__(self, url: str, folder: str, retries: int = 3, backoff: float = 1.0, timeout: float = 600.0):
-        self.client = Client(url, timeout=timeout, what="config field 'rollout_url'")
+        # the client's retries: connection errors, timeouts, 408 / 429 / 5xx and a reply that did not
+        # load; any other 4xx means the server refused these weights, and retrying will not change that
+        self.client = Client(url, timeout=timeout, max_retries=retries, backoff=backoff,
+                             what="config field 'rollout_url'")
         self.url = self.client.root + "/update_weights_from_disk"
-        self.folder, self.retries, self.backoff = folder, retries, backoff
+        self.folder = folder
 
     def __call__(self, policy, version: int) -> float:
         """Syncs weight_version `version`; returns the seconds it took. Raises RolloutSyncError."""
         t0 = time.perf_counter()
         path = os.path.abspath(os.path.join(self.folder, f"step-{version}"))
         policy.save(path)  # io.save: a temporary folder renamed into place, never half-written
-        body = {"model_path": path, "weight_version": str(version)}
-        error = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                reply = self.client.request(self.url, body)
-                reply = reply if isinstance(reply, dict) else {"message": reply}
-                if reply.get("success"):
-                    self._prune(path)
-                    return time.perf_counter() - t0
-                error = reply.get("message") or reply
-            except ApiError as e:
-                error = e.detail
-                if e.reason.startswith("http_4") and e.reason not in ("http_408", "http_429"):
-                    break  # the server refused these weights: retrying will not change that
-        raise RolloutSyncError(f"config field 'rollout_url': {self.url} did not take weight_version {version} "
-                               f"({path}): {error}")
+        try:
+            self.client.request(self.url, {"model_path": path, "weight_version": str(version)}, _loaded)
+        except ApiError as e:
+            raise RolloutSyncError(f"config field 'rollout_url': {self.url} did not take weight_version {version} "
+                                   f"({path}): {e.detail}") from None
+        self._prune(path)
+        return time.perf_counter() - t0
 
     def _prune(self, keep: str) -> None:
         """Removes the older step folders (the server has loaded `keep`)."""
@@ -131,6 +123,15 @@ class WeightSync:
             p = os.path.join(self.folder, name)
             if name.startswith("step-") and os.path.abspath(p) != keep:
                 shutil.rmtree(p, ignore_errors=True)
+
+
+def _loaded(raw: bytes) -> dict:
+    """An update_weights_from_disk reply that says the weights loaded, else a retryable ApiError."""
+    reply = parse_json(raw)
+    if isinstance(reply, dict) and reply.get("success"):
+        return reply
+    message = reply.get("message") if isinstance(reply, dict) else None
+    raise ApiError("not_loaded", str(message or reply), retry=True)
 
 
 def rollout_is_weights(old_logp: torch.Tensor, server_logp: torch.Tensor, mask: torch.Tensor, mode: str,
